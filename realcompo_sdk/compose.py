@@ -1,0 +1,231 @@
+"""The Python API: compose a T2I adapter, one or more L2I adapters and a planner by id or instance.
+
+    from realcompo_sdk import RealCompo
+    rc = RealCompo(t2i="sd", l2i="gligen", planner="claude")
+    result = rc("a corgi to the left of a red ball", seed=1)
+    result.images[0].save("out.png"); print(result.record.model_dump_json(indent=2))
+
+Compatibility of the adapters is checked before any model runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .balancer import BalanceOptions
+from .errors import IncompatibleAdaptersError, LayoutError, RealCompoError
+from .interfaces import DiffusionAdapter, GenerationRequest, L2IAdapter, LayoutPlanner, T2IAdapter
+from .layout import Layout
+from .record import GenerationRecord, environment_versions
+
+DEFAULT_T2I, DEFAULT_L2I, DEFAULT_PLANNER = "shapes-sd", "shapes-gligen", "rules"
+
+
+@dataclass
+class GenerationResult:
+    images: list[Any]  # PIL images
+    record: GenerationRecord
+    influence: list[Any] = field(default_factory=list)  # per step (K, B, 1, h, w) weights, on request
+    latents: Any = None
+
+
+def _resolve(kind: str, value: Any, options: dict[str, Any] | None, base: type) -> Any:
+    from . import registry
+
+    if isinstance(value, str):
+        instance = registry.create(kind, value, **(options or {}))
+    else:
+        if options:
+            raise RealCompoError(f"options for an adapter instance ({type(value).__name__}) must be set when creating it")
+        instance = value
+    if not isinstance(instance, base):
+        raise RealCompoError(f"{value!r} is not a {base.__name__} (got {type(instance).__name__})")
+    return instance
+
+
+def check_compatible(t2i: DiffusionAdapter, l2is: list[DiffusionAdapter], height: int, width: int) -> None:
+    """Raise `IncompatibleAdaptersError` naming both adapters and the differing field."""
+    a = t2i.latent_spec
+    for other in l2is:
+        b = other.latent_spec
+        for name in ("channels", "vae_scale_factor", "scaling_factor", "prediction_type"):
+            va, vb = getattr(a, name), getattr(b, name)
+            same = abs(va - vb) <= 1e-6 * max(abs(va), 1.0) if isinstance(va, float) else va == vb
+            if not same:
+                raise IncompatibleAdaptersError(
+                    f"{_label(t2i)} and {_label(other)} live in different latent spaces: {name} is "
+                    f"{va!r} for {t2i.name!r} ({a.family}) but {vb!r} for {other.name!r} ({b.family}). "
+                    "Balance models of the same family (e.g. SD1.x with SD1.x-based L2I models)."
+                )
+    for adapter in [t2i, *l2is]:
+        m = adapter.latent_spec.resolution_multiple
+        if height % m or width % m:
+            raise IncompatibleAdaptersError(
+                f"resolution {width}x{height} is not a multiple of {m} required by {_label(adapter)} "
+                f"(VAE factor x UNet downsampling); try {width // m * m or m}x{height // m * m or m}."
+            )
+
+
+def _label(adapter: DiffusionAdapter) -> str:
+    kind = "T2I" if isinstance(adapter, T2IAdapter) else "L2I"
+    return f"{kind} adapter {getattr(adapter, 'registered_id', adapter.name)!r}"
+
+
+class RealCompo:
+    """Balanced generation with a T2I adapter, L2I adapter(s) and a planner (ids or instances)."""
+
+    def __init__(
+        self,
+        t2i: str | T2IAdapter = DEFAULT_T2I,
+        l2i: str | L2IAdapter | list[str | L2IAdapter] = DEFAULT_L2I,
+        planner: str | LayoutPlanner | None = DEFAULT_PLANNER,
+        *,
+        t2i_options: dict[str, Any] | None = None,
+        l2i_options: dict[str, Any] | list[dict[str, Any]] | None = None,
+        planner_options: dict[str, Any] | None = None,
+        balance: BalanceOptions | dict[str, Any] | None = None,
+        scheduler: str | None = None,
+        num_steps: int = 50,
+        guidance_scale: float = 7.5,
+        append_missing_phrases: bool = False,
+    ) -> None:
+        self.t2i: T2IAdapter = _resolve("t2i", t2i, t2i_options, T2IAdapter)
+        l2i_list = l2i if isinstance(l2i, list) else [l2i]
+        if not l2i_list:
+            raise RealCompoError("RealCompo needs at least one L2I adapter")
+        l2i_opts = l2i_options if isinstance(l2i_options, list) else [l2i_options] * len(l2i_list)
+        self.l2i: list[L2IAdapter] = [_resolve("l2i", v, o, L2IAdapter) for v, o in zip(l2i_list, l2i_opts)]
+        self.planner = None if planner is None else _resolve("planner", planner, planner_options, LayoutPlanner)
+        self.balance = balance if isinstance(balance, BalanceOptions) else BalanceOptions(**(balance or {}))
+        self.scheduler_name = scheduler
+        self.num_steps = num_steps
+        self.guidance_scale = guidance_scale
+        self.append_missing_phrases = append_missing_phrases
+        h, w = self.t2i.latent_spec.default_resolution
+        check_compatible(self.t2i, self.l2i, h, w)
+
+    @property
+    def adapters(self) -> list[Any]:
+        return [self.t2i, *self.l2i]
+
+    def plan(self, prompt: str) -> Layout:
+        if self.planner is None:
+            raise RealCompoError("no planner configured: pass layout=... or planner='rules'")
+        return self.planner.plan(prompt)
+
+    def __call__(
+        self,
+        prompt: str | None = None,
+        *,
+        layout: Layout | None = None,
+        seed: int = 0,
+        batch_size: int = 1,
+        negative_prompt: str = "",
+        height: int | None = None,
+        width: int | None = None,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        mode: str = "balanced",
+        record_influence: bool = False,
+        progress: bool | Callable[[int, int], None] = False,
+    ) -> GenerationResult:
+        """Generate `batch_size` images; sample b uses seed `seed + b`.
+
+        `mode` is "balanced" (RealCompo), "t2i" or "l2i" (one model alone, the baselines; "l2i"
+        uses the first L2I adapter), with the same noise, scheduler and decoder.
+        """
+        import torch
+
+        from .sampler import BalancedProblem, balanced_sample, plain_sample
+
+        started = time.perf_counter()
+        if layout is None:
+            if prompt is None:
+                raise RealCompoError("give a prompt, a layout, or both")
+            layout = self.plan(prompt)
+        prompt = prompt or layout.prompt
+        if mode not in {"balanced", "t2i", "l2i"}:
+            raise RealCompoError(f"mode must be 'balanced', 't2i' or 'l2i', got {mode!r}")
+        dh, dw = self.t2i.latent_spec.default_resolution
+        height, width = height or dh, width or dw
+        check_compatible(self.t2i, self.l2i, height, width)
+        for adapter in self.l2i:
+            adapter.check_layout(layout)
+        if batch_size < 1:
+            raise RealCompoError(f"batch_size must be at least 1, got {batch_size}")
+        steps = num_steps or self.num_steps
+
+        # token positions in each adapter's own tokenization; the prompt may gain appended phrases
+        phrases = [o.phrase for o in layout.objects]
+        if self.append_missing_phrases:  # extend the prompt once, then align every adapter on it
+            for adapter in self.adapters:
+                prompt, _ = adapter.phrase_token_positions(prompt, phrases, append_missing=True)
+        aligned = [a.phrase_token_positions(prompt, phrases)[1] for a in self.adapters]
+        names = [a.name if [b.name for b in self.adapters].count(a.name) == 1 else f"{a.name}#{i}"
+                 for i, a in enumerate(self.adapters)]
+        positions = dict(zip(names, aligned))
+
+        request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, layout=layout,
+                                    batch_size=batch_size, height=height, width=width, num_steps=steps)
+        device = self.t2i.device
+        generators = [torch.Generator(device=device).manual_seed(seed + b) for b in range(batch_size)]
+        scheduler = self.t2i.make_scheduler(self.scheduler_name)
+        states = [a.prepare(request) for a in self.adapters]
+        problem = BalancedProblem(
+            adapters=self.adapters, states=states,
+            token_groups=[[pos] * batch_size for pos in aligned],
+            request=request, scheduler=scheduler, generators=generators,
+            guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
+            options=self.balance,
+        )
+        callback = _progress_callback(progress, steps)
+        influence: list[Any] = []
+        passes: dict[str, int] = {}
+        if mode == "balanced":
+            out = balanced_sample(problem, record_influence=record_influence, callback=callback)
+            latents, influence, passes = out.latents, out.influence, out.passes
+        else:
+            k = 0 if mode == "t2i" else 1
+            latents = plain_sample(self.adapters[k], states[k], problem, callback=callback)
+        images = _to_pil(self.t2i.decode(latents))
+        record = GenerationRecord(
+            prompt=prompt, negative_prompt=negative_prompt, layout=layout, mode=mode,
+            seeds=[seed + b for b in range(batch_size)], height=height, width=width, num_steps=steps,
+            guidance_scale=problem.guidance_scale, scheduler=type(scheduler).__name__,
+            balance=self.balance.model_dump(mode="json"),
+            adapters=[a.describe() for a in self.adapters],
+            planner=self.planner.describe() if self.planner is not None else None,
+            token_positions=positions, passes=passes, versions=environment_versions(),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        return GenerationResult(images=images, record=record, influence=influence, latents=latents)
+
+
+def _progress_callback(progress: bool | Callable[[int, int], None], total: int) -> Callable[[int], None] | None:
+    if callable(progress):
+        return lambda i: progress(i + 1, total)
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="denoising", unit="step")
+
+    def update(i: int) -> None:
+        bar.update(1)
+        if i + 1 == total:
+            bar.close()
+
+    return update
+
+
+def _to_pil(images: Any) -> list[Any]:
+    from PIL import Image
+
+    arrays = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    return [Image.fromarray(a) for a in arrays]
+
+
+__all__ = ["GenerationResult", "LayoutError", "RealCompo", "check_compatible"]

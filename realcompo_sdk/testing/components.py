@@ -1,0 +1,109 @@
+"""Tiny diffusers / transformers components built from configs: no download, seconds on a CPU.
+
+Weights are random but deterministic: each factory seeds a forked RNG, so the caller's global
+random state is untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TOKENIZER_DIR = Path(__file__).parent / "data" / "tiny-clip-tokenizer"
+
+
+def tiny_tokenizer(model_max_length: int = 77) -> Any:
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(TOKENIZER_DIR, model_max_length=model_max_length)
+
+
+def tiny_unet(seed: int = 0, in_channels: int = 4, cross_attention_dim: int = 32, **overrides: Any) -> Any:
+    """SD-shaped UNet: three levels, cross-attention at the two lower ones, 16×16 latents."""
+    from diffusers import UNet2DConditionModel
+
+    config = dict(
+        sample_size=16,
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    config.update(overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**config)
+        # conv_out starts near zero in some inits; make the noise prediction depend on the input
+        for p in unet.parameters():
+            if p.abs().sum() == 0 and p.dim() > 1:
+                torch.nn.init.normal_(p, std=0.02)
+    return unet
+
+
+def tiny_vae(seed: int = 0) -> Any:
+    """AutoencoderKL with downsampling factor 2 and 4 latent channels."""
+    from diffusers import AutoencoderKL
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKL(
+            block_out_channels=(16, 32),
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=32,
+        )
+
+
+def tiny_text_encoder(seed: int = 0, hidden_size: int = 32, tokenizer: Any | None = None) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tokenizer or tiny_tokenizer()
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIPTextModel(config).eval()
+
+
+def tiny_scheduler_config() -> dict[str, Any]:
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return dict(sched.config)
+
+
+def tiny_sd_components(seed: int = 0) -> dict[str, Any]:
+    """Components of a tiny StableDiffusionPipeline (for save_pretrained round trips)."""
+    from diffusers import DDIMScheduler
+
+    tokenizer = tiny_tokenizer()
+    return {
+        "unet": tiny_unet(seed),
+        "vae": tiny_vae(seed),
+        "text_encoder": tiny_text_encoder(seed, tokenizer=tokenizer),
+        "tokenizer": tokenizer,
+        "scheduler": DDIMScheduler.from_config(tiny_scheduler_config()),
+        "safety_checker": None,
+        "feature_extractor": None,
+    }

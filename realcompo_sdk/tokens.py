@@ -1,0 +1,98 @@
+"""Token alignment: where each layout phrase sits in an adapter's own tokenization of the prompt.
+
+The balancer reads cross-attention maps at token positions, so the positions must come from the
+exact tokenizer whose embeddings the model attends to — never from an LLM's guess of word
+indices. Rules:
+
+- a phrase is located as a contiguous run of its tokens (multi-token words work);
+- the n-th object with the same phrase gets the n-th occurrence ("a corgi and a corgi"); when the
+  prompt has fewer occurrences than objects ("two corgis" planned as two objects), the last
+  occurrence is shared;
+- a phrase not literally in the prompt falls back to its head noun (last word, singular/plural
+  variants), then to its other words from the end;
+- otherwise a `TokenAlignmentError` explains the problem, unless `append_missing` is set, in
+  which case the phrase is appended to the prompt (", phrase") and located there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .errors import TokenAlignmentError
+
+
+class Tokenizer(Protocol):
+    model_max_length: int
+
+    def __call__(self, text: str, **kwargs: Any) -> Any: ...
+
+
+def _ids(tokenizer: Tokenizer, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special, truncation=False).input_ids)
+
+
+def _find_all(haystack: list[int], needle: list[int]) -> list[int]:
+    n = len(needle)
+    return [i for i in range(len(haystack) - n + 1) if n and haystack[i : i + n] == needle]
+
+
+def _variants(word: str) -> list[str]:
+    forms = [word]
+    if word.endswith("es") and len(word) > 3:
+        forms.append(word[:-2])
+    if word.endswith("s") and len(word) > 2:
+        forms.append(word[:-1])
+    else:
+        forms += [word + "s", word + "es"]
+    return forms
+
+
+def align_phrases(
+    tokenizer: Tokenizer, prompt: str, phrases: list[str], *, append_missing: bool = False
+) -> tuple[str, list[list[int]]]:
+    """Return the prompt (extended when phrases had to be appended) and each phrase's positions.
+
+    Positions index the tokenizer's full sequence including the start token, i.e. the rows of the
+    text encoder's output that cross-attention attends to.
+    """
+    prompt_ids = _ids(tokenizer, prompt, special=True)
+    used: dict[str, int] = {}
+    positions: list[list[int]] = []
+    for index, phrase in enumerate(phrases):
+        found = _locate(tokenizer, prompt_ids, phrase, used)
+        if found is None:
+            if not append_missing:
+                raise TokenAlignmentError(
+                    f"object {index} ({phrase!r}): neither the phrase nor its head noun occurs in "
+                    f"the prompt {prompt!r}. Use words of the prompt as the phrase, or pass "
+                    "append_missing=True (CLI: --append-missing-phrases) to append it to the prompt."
+                )
+            prompt = f"{prompt}, {phrase}"
+            prompt_ids = _ids(tokenizer, prompt, special=True)
+            found = _locate(tokenizer, prompt_ids, phrase, used)
+            assert found is not None
+        limit = tokenizer.model_max_length - 1  # the last slot holds the end token
+        if max(found) >= limit:
+            raise TokenAlignmentError(
+                f"object {index} ({phrase!r}) sits at token {max(found)}, beyond the text "
+                f"encoder's context of {tokenizer.model_max_length} tokens (prompt has "
+                f"{len(prompt_ids)}). Shorten the prompt or move the object earlier."
+            )
+        positions.append(found)
+    return prompt, positions
+
+
+def _locate(tokenizer: Tokenizer, prompt_ids: list[int], phrase: str, used: dict[str, int]) -> list[int] | None:
+    words = phrase.lower().split()
+    candidates = [" ".join(words)]
+    for word in reversed(words):  # head noun first, then the other words from the end
+        candidates += _variants(word)
+    for candidate in candidates:
+        needle = _ids(tokenizer, candidate, special=False)
+        hits = _find_all(prompt_ids, needle)
+        if hits:
+            n = used.get(candidate, 0)
+            used[candidate] = n + 1
+            start = hits[min(n, len(hits) - 1)]
+            return list(range(start, start + len(needle)))
+    return None
