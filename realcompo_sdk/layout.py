@@ -271,6 +271,13 @@ def load_layout(data: str | bytes | dict) -> Layout:
 def format_validation_error(exc: object, data: object = None) -> str:
     """Turn a pydantic ValidationError into lines like `objects[1] ('a dog').box: ...`."""
     lines = ["invalid layout:"]
+    if isinstance(data, (str, bytes)):
+        import json
+
+        try:  # JSON input: parse it too, so locations can name the object's phrase
+            data = json.loads(data)
+        except ValueError:
+            data = None
     objects = data.get("objects") if isinstance(data, dict) else None
     for err in exc.errors():  # type: ignore[attr-defined]
         loc = list(err["loc"])

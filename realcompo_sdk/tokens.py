@@ -9,7 +9,7 @@ indices. Rules:
   prompt has fewer occurrences than objects ("two corgis" planned as two objects), the last
   occurrence is shared;
 - a phrase not literally in the prompt falls back to its head noun (last word, singular/plural
-  variants), then to its other words from the end;
+  variants), then to its other words from the end (never to articles, numerals or prepositions);
 - otherwise a `TokenAlignmentError` explains the problem, unless `append_missing` is set, in
   which case the phrase is appended to the prompt (", phrase") and located there.
 """
@@ -34,6 +34,13 @@ def _ids(tokenizer: Tokenizer, text: str, special: bool) -> list[int]:
 def _find_all(haystack: list[int], needle: list[int]) -> list[int]:
     n = len(needle)
     return [i for i in range(len(haystack) - n + 1) if n and haystack[i : i + n] == needle]
+
+
+# Words that never identify an object on their own, so the fallback never locates a phrase by them.
+_FUNCTION_WORDS = frozenset(
+    "a an the one two three four some several many of and or on in at to with by from near next "
+    "left right above below under over behind between".split()
+)
 
 
 def _variants(word: str) -> list[str]:
@@ -86,7 +93,8 @@ def _locate(tokenizer: Tokenizer, prompt_ids: list[int], phrase: str, used: dict
     words = phrase.lower().split()
     candidates = [" ".join(words)]
     for word in reversed(words):  # head noun first, then the other words from the end
-        candidates += _variants(word)
+        if word not in _FUNCTION_WORDS:  # "a dog" must not be found at the "a" of "a cat"
+            candidates += _variants(word)
     for candidate in candidates:
         needle = _ids(tokenizer, candidate, special=False)
         hits = _find_all(prompt_ids, needle)

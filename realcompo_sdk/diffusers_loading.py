@@ -1,0 +1,89 @@
+"""Load the parts of a Stable-Diffusion-style model (folder, hub id or single file) for adapters.
+
+One code path for hub ids and local folders (tests use tiny folders, users use the hub), with
+errors that say what was found when a folder is missing or of the wrong kind.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import RealCompoError
+
+
+@dataclass
+class SDComponents:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict[str, Any]
+
+
+def describe_folder(path: Path) -> str:
+    """What a folder looks like, for error messages."""
+    if (path / "model_index.json").exists():
+        index = json.loads((path / "model_index.json").read_text())
+        return f"a diffusers {index.get('_class_name', 'pipeline')} folder with {sorted(k for k in index if not k.startswith('_'))}"
+    entries = sorted(p.name for p in path.iterdir())[:10]
+    return f"a folder containing {entries or 'nothing'}"
+
+
+def folder_kind(model: str) -> str | None:
+    """'sd', 'sdxl', 'gligen' for a local diffusers folder, None for a hub id."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        return None
+    if path.is_file():
+        return "single-file"
+    unet_config = path / "unet" / "config.json"
+    if not unet_config.exists():
+        raise RealCompoError(f"{path} is not a Stable Diffusion model folder (no unet/config.json): it is {describe_folder(path)}")
+    if (path / "text_encoder_2").exists():
+        return "sdxl"
+    config = json.loads(unet_config.read_text())
+    return "gligen" if config.get("attention_type") == "gated" else "sd"
+
+
+def expect_kind(model: str, wanted: set[str], adapter_id: str, hint: str) -> None:
+    kind = folder_kind(model)
+    if kind is not None and kind not in wanted:
+        raise RealCompoError(
+            f"adapter {adapter_id!r} cannot load {model}: it is a {kind} model folder ({describe_folder(Path(model))}). {hint}"
+        )
+
+
+def load_sd_components(model: str, dtype: torch.dtype, *, variant: str | None = None,
+                       single_file_config: str | None = None) -> SDComponents:
+    """UNet, VAE, text encoder, tokenizer and scheduler config of an SD 1.x/2.x model."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = Path(model).expanduser()
+    if path.suffix in {".safetensors", ".ckpt"}:
+        if not path.exists():
+            raise RealCompoError(f"checkpoint file {path} does not exist")
+        if path.suffix == ".ckpt":
+            raise RealCompoError(f"{path.name}: .ckpt files are pickles that can run code; convert it to .safetensors first")
+        from diffusers import StableDiffusionPipeline
+
+        kwargs = {"config": single_file_config} if single_file_config else {}
+        pipe = StableDiffusionPipeline.from_single_file(str(path), torch_dtype=dtype, safety_checker=None, **kwargs)
+        return SDComponents(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config))
+    if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
+        raise RealCompoError(f"model {model!r} is neither an existing folder nor a hub id of the form 'owner/name'")
+    common = {"torch_dtype": dtype, "variant": variant}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **common)
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **common)
+        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **common)
+        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+        scheduler_config = dict(DDIMScheduler.load_config(model, subfolder="scheduler"))
+    except OSError as exc:
+        raise RealCompoError(f"could not load model {model!r}: {exc}") from exc
+    return SDComponents(unet, vae, text_encoder, tokenizer, scheduler_config)
