@@ -140,9 +140,8 @@ class PluginLoader:
         except Exception as exc:  # e.g. a hookimpl with an unknown argument
             self._fail(report, info, f"invalid hook implementation: {_short_error(exc)}", exc)
             return
+        staged: list[Registration] = []  # committed only once every hook has run, so a failed plugin registers nothing
         for kind, hook_name in _HOOK_OF_KIND.items():
-            staged: list[Registration] = []
-
             def register(cls: type | str, *, id: str | None = None, options: dict[str, Any] | None = None,
                          _kind: str = kind, _staged: list[Registration] = staged) -> None:
                 reg_id = id or getattr(cls, "id", None)
@@ -157,19 +156,19 @@ class PluginLoader:
             except Exception as exc:
                 self._fail(report, info, f"hook {hook_name} raised {_short_error(exc)}", exc)
                 return
-            for reg in staged:
-                key = (reg.kind, reg.id)
-                if key in report.registrations:
-                    first = report.registrations[key]
-                    message = (f"{reg.kind} id {reg.id!r} is already registered by {first.distribution} "
-                               f"(plugin {first.plugin!r}); this registration is ignored")
-                    report.problems.append(f"plugin {name!r} ({dist} {version}): {message}")
-                    info.error = (info.error + "; " if info.error else "") + message
-                    if _strict():
-                        raise PluginLoadError(report.problems[-1])
-                    continue
-                report.registrations[key] = reg
-                info.ids.append(f"{reg.kind}:{reg.id}")
+        for reg in staged:
+            key = (reg.kind, reg.id)
+            if key in report.registrations:
+                first = report.registrations[key]
+                message = (f"{reg.kind} id {reg.id!r} is already registered by {first.distribution} "
+                           f"(plugin {first.plugin!r}); this registration is ignored")
+                report.problems.append(f"plugin {name!r} ({dist} {version}): {message}")
+                info.error = (info.error + "; " if info.error else "") + message
+                if _strict():
+                    raise PluginLoadError(report.problems[-1])
+                continue
+            report.registrations[key] = reg
+            info.ids.append(f"{reg.kind}:{reg.id}")
 
 
 def _version(dist: str) -> str:
