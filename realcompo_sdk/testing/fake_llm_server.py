@@ -278,3 +278,41 @@ def _anthropic_message(content: list[dict[str, Any]], stop_reason: str, model: s
         "stop_sequence": None,
         "usage": {"input_tokens": 10, "output_tokens": 10},
     }
+
+
+# -- a responder that plans for real ----------------------------------------------------------
+
+def planning_responder(protocol: str, plan: Callable[[str], Any] | None = None) -> Responder:
+    """A responder answering each request with a valid layout of the prompt it carries.
+
+    `protocol` is ``"openai"`` or ``"anthropic"``; `plan` maps a prompt to a `Layout` (default:
+    the offline `rules` planner). Contract tests of LLM planners use it so that any number of
+    requests get a sensible answer.
+    """
+    from ..planners.llm import TOOL_NAME, prompt_from_user_message
+
+    if plan is None:
+        from ..planners.rules import RulesPlanner
+
+        plan = RulesPlanner().plan
+
+    def respond(request: RecordedRequest) -> FakeReply:
+        body = request.json or {}
+        prompt = None
+        for message in reversed(body.get("messages", [])):
+            content = message.get("content")
+            if message.get("role") == "user" and isinstance(content, str):
+                prompt = prompt_from_user_message(content)
+                if prompt is not None:
+                    break
+        if prompt is None:
+            return FakeReply(status=400, body=_error_body("no <prompt> in the user message"),
+                             headers={"x-should-retry": "false"})
+        layout = plan(prompt)
+        reply = {"objects": [{"phrase": o.phrase, "box": o.box.model_dump()} for o in layout.objects],
+                 "background": layout.background}
+        if protocol == "openai":
+            return openai_chat_reply(json.dumps(reply), model=body.get("model", "gpt-4o"))
+        return anthropic_tool_reply(reply, tool_name=TOOL_NAME, model=body.get("model", "claude"))
+
+    return respond

@@ -1,0 +1,198 @@
+"""The `realcompo` command: generate, plan, plugins.
+
+Heavy libraries load only inside the commands that need them: `realcompo --help` and
+`realcompo plugins` import no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import RealCompoError
+
+
+def _parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise RealCompoError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _planner_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = _parse_pairs(args.planner_option, "--planner-option")
+    if getattr(args, "model", None):
+        options["model"] = args.model
+    if getattr(args, "no_cache", False):
+        options["cache"] = False
+    if getattr(args, "cache_dir", None):
+        options["cache_dir"] = args.cache_dir
+    return options
+
+
+def _add_planner_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--planner", default="rules", help="planner id (default: rules, offline)")
+    p.add_argument("--model", help="LLM model name for LLM planners")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the planner cache")
+    p.add_argument("--cache-dir", help="planner cache directory")
+    p.add_argument("--planner-option", action="append", metavar="KEY=VALUE", help="planner option (repeatable)")
+    p.add_argument("--save-layout", metavar="PNG", help="also write a picture of the layout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="realcompo", description="Compositional text-to-image generation by balancing T2I and L2I models (RealCompo).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate images from a prompt or a layout JSON")
+    g.add_argument("prompt", nargs="?", help="text prompt (planned into a layout unless --layout is given)")
+    g.add_argument("--layout", metavar="JSON", help="layout file (skips the planner)")
+    g.add_argument("-o", "--output", default="realcompo.png", help="output PNG (batch: name-0.png, name-1.png, ...)")
+    g.add_argument("--t2i", default="shapes-sd", help="T2I adapter id (default: shapes-sd, bundled, offline)")
+    g.add_argument("--l2i", action="append", help="L2I adapter id, repeatable (default: shapes-gligen)")
+    g.add_argument("--t2i-option", action="append", metavar="KEY=VALUE")
+    g.add_argument("--l2i-option", action="append", metavar="KEY=VALUE", help="applied to every L2I adapter")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="balancer option, e.g. --set t0=10 --set scale_factor=1e5")
+    g.add_argument("--mode", default="balanced", choices=["balanced", "t2i", "l2i"], help="t2i/l2i: one model alone (baselines)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch", type=int, default=1)
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: the adapters' preset, else 50)")
+    g.add_argument("--guidance", type=float, default=None)
+    g.add_argument("--scheduler", help="ddim, pndm, euler, euler_a, dpm, ddpm, unipc (default: the T2I model's)")
+    g.add_argument("--negative", default="", help="negative prompt")
+    g.add_argument("--height", type=int)
+    g.add_argument("--width", type=int)
+    g.add_argument("--append-missing-phrases", action="store_true", help="append layout phrases missing from the prompt")
+    g.add_argument("--save-influence", metavar="PNG", help="also write a grid of influence maps over the steps")
+    g.add_argument("--no-progress", action="store_true")
+    _add_planner_args(g)
+
+    pl = sub.add_parser("plan", help="print the layout a planner makes for a prompt")
+    pl.add_argument("prompt")
+    pl.add_argument("--json", action="store_true", help="print JSON only")
+    _add_planner_args(pl)
+
+    pg = sub.add_parser("plugins", help="list installed plugins, their ids and load errors")
+    pg.add_argument("--json", action="store_true")
+    return parser
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from . import registry
+    from .images import layout_overlay, write_atomic
+
+    planner = registry.create("planner", args.planner, **_planner_options(args))
+    layout = planner.plan(args.prompt)
+    text = layout.model_dump_json(indent=2, exclude_none=True)
+    if args.json:
+        print(text)
+    else:
+        print(f"layout by planner {args.planner!r} for {args.prompt!r}:")
+        for i, obj in enumerate(layout.objects):
+            b = obj.bounding_box()
+            print(f"  {i}: {obj.phrase!r:28s} {obj.kind:9s} x0={b.x0:.2f} y0={b.y0:.2f} x1={b.x1:.2f} y1={b.y1:.2f}")
+        if layout.background:
+            print(f"  background: {layout.background}")
+        print(text)
+    if args.save_layout:
+        picture = layout_overlay(layout)
+        write_atomic(args.save_layout, lambda f: picture.save(f, format="PNG"))
+        print(f"layout picture: {args.save_layout}", file=sys.stderr)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .compose import RealCompo
+    from .images import influence_grid, layout_overlay, save_png, write_atomic
+    from .layout import load_layout
+
+    if args.prompt is None and args.layout is None:
+        raise RealCompoError("give a prompt or --layout FILE")
+    layout = None
+    if args.layout:
+        layout_path = Path(args.layout)
+        if not layout_path.exists():
+            raise RealCompoError(f"layout file {layout_path} does not exist")
+        layout = load_layout(layout_path.read_text())
+    l2i_ids = args.l2i or ["shapes-gligen"]
+    l2i_options = _parse_pairs(args.l2i_option, "--l2i-option")
+    rc = RealCompo(
+        t2i=args.t2i, l2i=l2i_ids, planner=None if layout is not None else args.planner,
+        t2i_options=_parse_pairs(args.t2i_option, "--t2i-option"),
+        l2i_options=[dict(l2i_options) for _ in l2i_ids],
+        planner_options=None if layout is not None else _planner_options(args),
+        balance=_parse_pairs(args.set, "--set"), scheduler=args.scheduler,
+        append_missing_phrases=args.append_missing_phrases,
+        **({"num_steps": args.steps} if args.steps else {}),
+        **({"guidance_scale": args.guidance} if args.guidance is not None else {}),
+    )
+    result = rc(args.prompt, layout=layout, seed=args.seed, batch_size=args.batch, negative_prompt=args.negative,
+                height=args.height, width=args.width, mode=args.mode,
+                record_influence=bool(args.save_influence), progress=not args.no_progress)
+    record_json = result.record.model_dump_json(exclude_none=True)
+    out = Path(args.output)
+    paths = [out] if args.batch == 1 else [out.with_name(f"{out.stem}-{b}{out.suffix or '.png'}") for b in range(args.batch)]
+    for image, path in zip(result.images, paths):
+        save_png(image, path, record_json)
+        print(f"wrote {path}")
+    if args.save_layout:
+        picture = layout_overlay(result.record.layout, result.images[0])
+        write_atomic(args.save_layout, lambda f: picture.save(f, format="PNG"))
+        print(f"wrote {args.save_layout}")
+    if args.save_influence and result.influence:
+        names = [a["id"] for a in result.record.adapters]
+        grid = influence_grid(result.influence, names)
+        write_atomic(args.save_influence, lambda f: grid.save(f, format="PNG"))
+        print(f"wrote {args.save_influence}")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from . import registry
+
+    report = registry.report()
+    if args.json:
+        print(json.dumps({
+            "plugins": [vars(p) for p in report.plugins],
+            "ids": {f"{k}:{i}": {"distribution": r.distribution, "plugin": r.plugin} for (k, i), r in sorted(report.registrations.items())},
+            "problems": report.problems,
+        }, indent=2))
+        return 0
+    print(f"{'plugin':24s} {'distribution':34s} {'version':9s} {'status':8s} ids")
+    for p in report.plugins:
+        print(f"{p.name:24s} {p.distribution:34s} {p.version:9s} {p.status:8s} {', '.join(p.ids) or '-'}")
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"generate": cmd_generate, "plan": cmd_plan, "plugins": cmd_plugins}
+    try:
+        return handlers[args.command](args)
+    except RealCompoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            from .layout import format_validation_error
+
+            print(f"error: {format_validation_error(exc)}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Pictures people look at: PNGs with the generation record embedded, layout overlays, and grids
+of influence maps over the steps. Files are written atomically (temp file + rename)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .layout import Layout
+
+PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+           (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
+
+
+def write_atomic(path: str | Path, save: Any) -> Path:
+    """Call `save(file_object)` on a temp file next to `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            save(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_png(image: Any, path: str | Path, record_json: str | None = None) -> Path:
+    """Save a PIL image as PNG with the record in a `realcompo` text chunk."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if record_json is not None:
+        info.add_text("realcompo", record_json)
+    return write_atomic(path, lambda f: image.save(f, format="PNG", pnginfo=info))
+
+
+def read_record(path: str | Path) -> str | None:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.info.get("realcompo")
+
+
+def layout_overlay(layout: Layout, image: Any = None, size: int = 512) -> Any:
+    """Boxes (or mask / keypoint outlines' boxes) labelled with their phrases, over `image`."""
+    from PIL import Image, ImageDraw
+
+    if image is None:
+        canvas = Image.new("RGB", (size, size), (245, 245, 245))
+    else:
+        scale = max(1, size // max(image.size))
+        canvas = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
+    w, h = canvas.size
+    draw = ImageDraw.Draw(canvas)
+    for i, obj in enumerate(layout.objects):
+        color = PALETTE[i % len(PALETTE)]
+        box = obj.bounding_box()
+        xy = (box.x0 * w, box.y0 * h, box.x1 * w - 1, box.y1 * h - 1)
+        draw.rectangle(xy, outline=color, width=max(2, w // 170))
+        if obj.keypoints:
+            for k in obj.keypoints:
+                if k.visible:
+                    r = max(2, w // 120)
+                    draw.ellipse((k.x * w - r, k.y * h - r, k.x * w + r, k.y * h + r), fill=color)
+        label = f"{i}: {obj.phrase}"
+        tx, ty = xy[0] + 3, xy[1] + 2
+        text_box = draw.textbbox((tx, ty), label)
+        draw.rectangle(text_box, fill=color)
+        draw.text((tx, ty), label, fill=(255, 255, 255))
+    return canvas
+
+
+def influence_grid(influence: list[Any], names: list[str], sample: int = 0, columns: int = 10, cell: int = 64) -> Any:
+    """Rows: adapters; columns: evenly spaced steps. Each cell is that adapter's weight map
+    (0 black → 1 white) for one sample, labelled with the step."""
+    from PIL import Image, ImageDraw
+
+    steps = len(influence)
+    if steps == 0:
+        raise ValueError("no influence maps were recorded (pass record_influence=True)")
+    chosen = sorted({round(i * (steps - 1) / max(columns - 1, 1)) for i in range(min(columns, steps))})
+    label_w, header = 110, 16
+    grid = Image.new("RGB", (label_w + cell * len(chosen), header + cell * len(names)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for c, step in enumerate(chosen):
+        draw.text((label_w + c * cell + 4, 2), f"step {step}", fill=(0, 0, 0))
+        weights = influence[step][:, sample, 0]  # (K, h, w)
+        for r in range(len(names)):
+            m = (weights[r].clamp(0, 1).numpy() * 255).astype("uint8")
+            tile = Image.fromarray(m, mode="L").resize((cell, cell), Image.NEAREST).convert("RGB")
+            grid.paste(tile, (label_w + c * cell, header + r * cell))
+    for r, name in enumerate(names):
+        draw.text((4, header + r * cell + cell // 2 - 6), name[:16], fill=(0, 0, 0))
+    return grid

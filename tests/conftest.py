@@ -1,0 +1,1 @@
+pytest_plugins = ["realcompo_sdk.testing.pytest_plugin"]

@@ -1,0 +1,176 @@
+"""The balanced sampler: parity with the reference loop, scheduler safety, seeds, gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from realcompo_sdk.balancer import BalanceOptions, compose, initial_logits, region_loss, region_masks
+from realcompo_sdk.interfaces import GenerationRequest, StepInfo
+from realcompo_sdk.layout import Layout
+from realcompo_sdk.lookahead import scheduler_lookahead
+from realcompo_sdk.sampler import BalancedProblem, balanced_sample
+from realcompo_sdk.testing.fakes import TinyL2IAdapter, TinyT2IAdapter
+from realcompo_sdk.testing.reference import reference_sample
+
+LAYOUT = Layout.from_boxes("a red cat to the left of a blue dog", [("red cat", (0, 0.2, 0.5, 0.8)), ("blue dog", (0.5, 0.2, 1, 0.8))])
+SWITCHES = {
+    "paper": {},
+    "updates_during_warmup": {"updates_during_warmup": True},
+    "random_init": {"init": "random"},
+    "cond_lookahead": {"lookahead_noise": "cond"},
+    "detach_t2i": {"detach_t2i_attention": True},
+    "ddim_lookahead": {"lookahead": "ddim"},
+    "window": {"t1": 5},
+    "all_official": {"updates_during_warmup": True, "init": "random", "lookahead_noise": "cond",
+                     "detach_t2i_attention": True, "lookahead": "ddim"},
+}
+
+
+@pytest.fixture(scope="module")
+def adapters():
+    return [TinyT2IAdapter(seed=0), TinyL2IAdapter(seed=1)]
+
+
+def make_problem(adapters, options, scheduler="ddim", batch=2, steps=6, seeds=(0, 1), layout=LAYOUT):
+    request = GenerationRequest(prompt=layout.prompt, negative_prompt="", layout=layout, batch_size=batch,
+                                height=32, width=32, num_steps=steps)
+    positions = [a.phrase_token_positions(layout.prompt, [o.phrase for o in layout.objects])[1] for a in adapters]
+    return BalancedProblem(adapters=adapters, states=[a.prepare(request) for a in adapters],
+                           token_groups=[[p] * batch for p in positions], request=request,
+                           scheduler=adapters[0].make_scheduler(scheduler),
+                           generators=[torch.Generator().manual_seed(s) for s in seeds[:batch]],
+                           guidance_scale=5.0, options=options)
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_fast_sampler_matches_reference_loop(adapters, switch):
+    options = BalanceOptions(scale_factor=1e4, t0=2, attention_resolution=8, **SWITCHES[switch])
+    fast = balanced_sample(make_problem(adapters, options)).latents
+    ref = reference_sample(make_problem(adapters, options))
+    plain = balanced_sample(make_problem(adapters, options.model_copy(update={"scale_factor": 0.0}))).latents
+    assert (fast - ref).abs().max() <= 1e-4
+    assert (fast - plain).abs().max() > 1e-3  # the influence update really changed the output
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "pndm", "euler", "dpm"])
+def test_parity_holds_for_stateful_schedulers(adapters, scheduler):
+    options = BalanceOptions(scale_factor=1e4, t0=2, attention_resolution=4)
+    fast = balanced_sample(make_problem(adapters, options, scheduler)).latents
+    ref = reference_sample(make_problem(adapters, options, scheduler))
+    assert (fast - ref).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "pndm", "euler", "dpm", "euler_a"])
+def test_lookahead_leaves_scheduler_state_untouched(adapters, scheduler):
+    sched = adapters[0].make_scheduler(scheduler)
+    sched.set_timesteps(6)
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(5)
+    for t in sched.timesteps[:3]:  # advance so multistep history exists
+        x = sched.step(torch.randn_like(x), t, x, return_dict=False)[0]
+    t = sched.timesteps[3]
+    snapshot = copy.deepcopy(sched.__dict__)
+    gen_state = gen.get_state()
+    scheduler_lookahead(sched, torch.randn_like(x), t, x, [gen])
+    for key, value in snapshot.items():
+        assert _same(value, sched.__dict__[key]), f"{scheduler}: look-ahead changed {key}"
+    assert torch.equal(gen.get_state(), gen_state)
+
+
+def _same(a, b) -> bool:
+    import numpy as np
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def test_global_rng_is_never_touched(adapters):
+    options = BalanceOptions(scale_factor=1e4, t0=1, init="random", attention_resolution=8)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    balanced_sample(make_problem(adapters, options, "euler_a"))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_each_sample_depends_on_its_own_seed_only(adapters):
+    options = BalanceOptions(scale_factor=1e4, t0=2, attention_resolution=8)
+    batch = balanced_sample(make_problem(adapters, options, batch=2, seeds=(7, 8))).latents
+    alone = balanced_sample(make_problem(adapters, options, batch=1, seeds=(8,))).latents
+    assert (batch[1] - alone[0]).abs().max() <= 1e-4
+
+
+def test_influence_maps_are_per_sample(adapters):
+    options = BalanceOptions(scale_factor=1e5, t0=1, attention_resolution=8)
+    out = balanced_sample(make_problem(adapters, options, batch=2, seeds=(0, 1)), record_influence=True)
+    last = out.influence[-1]  # (K, B, 1, h, w)
+    assert last.shape[:2] == (2, 2)
+    assert (last[:, 0] - last[:, 1]).abs().max() > 1e-6
+    assert torch.allclose(last.sum(dim=0), torch.ones_like(last[0]))
+
+
+def _term_gradients(adapters, detach_t2i):
+    problem = make_problem(adapters, BalanceOptions(), batch=1, seeds=(0,))
+    sched = problem.scheduler
+    sched.set_timesteps(6)
+    t = sched.timesteps[2]
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    step = StepInfo(index=2, num_steps=6, timestep=t)
+    noises = [a.predict_noise(x, step, s, guidance_scale=5.0).guided for a, s in zip(adapters, problem.states)]
+    logits = initial_logits(2, (1, 16, 16), "random", [torch.Generator().manual_seed(0)], x.device).requires_grad_(True)
+    x_prime = scheduler_lookahead(sched, compose(noises, logits), t, x, problem.generators)
+    regions = region_masks(LAYOUT, 8, 8, x.device)
+    grads = []
+    for k, (adapter, state) in enumerate(zip(adapters, problem.states)):
+        maps = adapter.attention_probs(x_prime, step, state, problem.token_groups[k], 8)
+        if k == 0 and detach_t2i:
+            maps = maps.detach()
+        loss = region_loss(maps, regions)
+        if not loss.requires_grad:  # a detached term: no path from the loss to the logits at all
+            grads.append(torch.zeros_like(logits))
+            continue
+        (g,) = torch.autograd.grad(loss, logits, retain_graph=True, allow_unused=True)
+        grads.append(torch.zeros_like(logits) if g is None else g)
+    return grads
+
+
+def test_gradient_reaches_every_adapters_influence_through_every_attention_term(adapters):
+    grads = _term_gradients(adapters, detach_t2i=False)
+    for term in grads:  # each adapter's attention term moves both adapters' logits
+        assert term[0].abs().sum() > 0 and term[1].abs().sum() > 0
+
+
+def test_detached_t2i_term_has_exactly_zero_gradient(adapters):
+    grads = _term_gradients(adapters, detach_t2i=True)
+    assert torch.count_nonzero(grads[0]) == 0
+    assert grads[1].abs().sum() > 0
+
+
+def test_no_pass_runs_whose_result_cannot_change_the_output(adapters):
+    steps, t0 = 6, 2
+    out = balanced_sample(make_problem(adapters, BalanceOptions(scale_factor=1e4, t0=t0, attention_resolution=8), steps=steps))
+    # warm-up: L2I CFG only; then both CFG + one grad pass each + one backward
+    assert out.passes == {"cfg": t0 + 2 * (steps - t0), "cond": 0, "grad": 2 * (steps - t0), "backward": steps - t0}
+    detached = balanced_sample(make_problem(adapters, BalanceOptions(scale_factor=1e4, t0=t0, detach_t2i_attention=True,
+                                                                    attention_resolution=8), steps=steps))
+    assert detached.passes["grad"] == steps - t0  # the detached T2I attention pass is skipped
+    frozen = balanced_sample(make_problem(adapters, BalanceOptions(scale_factor=0.0, t0=t0), steps=steps))
+    assert frozen.passes["grad"] == 0 and frozen.passes["backward"] == 0
+
+
+def test_three_way_balance_runs_and_matches_reference():
+    adapters = [TinyT2IAdapter(seed=0), TinyL2IAdapter(seed=1), TinyL2IAdapter(seed=2)]
+    options = BalanceOptions(scale_factor=1e4, t0=2, attention_resolution=8)
+    fast = balanced_sample(make_problem(adapters, options), record_influence=True)
+    ref = reference_sample(make_problem(adapters, options))
+    assert (fast.latents - ref).abs().max() <= 1e-4
+    assert fast.influence[-1].shape[0] == 3
