@@ -29,13 +29,19 @@ def _parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, Any]:
 
 
 def _planner_options(args: argparse.Namespace) -> dict[str, Any]:
+    from . import registry
+
     options = _parse_pairs(args.planner_option, "--planner-option")
     if getattr(args, "model", None):
-        options["model"] = args.model
-    if getattr(args, "no_cache", False):
+        options["model"] = args.model  # an error for planners without a model: the user asked for it
+    fields = registry.lookup("planner", args.planner).load_class().Options.model_fields
+    # cache flags are harmless no-ops for planners that do not cache (e.g. the offline `rules`)
+    if getattr(args, "no_cache", False) and "cache" in fields:
         options["cache"] = False
-    if getattr(args, "cache_dir", None):
+    if getattr(args, "cache_dir", None) and "cache_dir" in fields:
         options["cache_dir"] = args.cache_dir
+    if getattr(args, "replay", False):
+        options["replay"] = True
     return options
 
 
@@ -44,6 +50,7 @@ def _add_planner_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="LLM model name for LLM planners")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the planner cache")
     p.add_argument("--cache-dir", help="planner cache directory")
+    p.add_argument("--replay", action="store_true", help="answer from the planner cache only (no API call)")
     p.add_argument("--planner-option", action="append", metavar="KEY=VALUE", help="planner option (repeatable)")
     p.add_argument("--save-layout", metavar="PNG", help="also write a picture of the layout")
 

@@ -63,7 +63,7 @@ class PlanCache:
         path = self.path_for(key)
         try:
             text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
             warnings.warn(f"layout cache entry {path} cannot be read ({exc}); ignoring it and planning again",

@@ -120,7 +120,7 @@ WORKED_EXAMPLES: tuple[tuple[str, dict[str, Any]], ...] = (
 
 def system_prompt(*, include_schema: bool = False) -> str:
     """The system prompt with the worked examples (and the schema, for servers without structured output)."""
-    parts = [SYSTEM_PROMPT, "Examples:"]
+    parts = [SYSTEM_PROMPT.strip(), "Examples:"]
     for prompt, reply in WORKED_EXAMPLES:
         parts.append(f"Prompt: {prompt}\nLayout: {json.dumps(reply, separators=(', ', ': '))}")
     if include_schema:
@@ -167,6 +167,8 @@ def layout_reply_schema() -> dict[str, Any]:
     obj["properties"] = {"phrase": obj["properties"]["phrase"], "box": box_ref}
     obj["description"] = "One object instance: its phrase, copied from the prompt, and its box."
     schema["properties"]["objects"]["items"] = obj
+    schema["properties"]["background"]["description"] = (
+        "the background or setting the prompt names, in the prompt's words (e.g. 'a grey background'), or null")
     return _closed(_inline(schema, defs))
 
 
@@ -224,6 +226,8 @@ def parse_layout_reply(prompt: str, reply: str | dict[str, Any]) -> Layout:
     if not isinstance(data, dict):
         raise ReplyProblem(f"the reply is a JSON {type(data).__name__}, not an object with 'objects' and 'background'")
     data = {k: v for k, v in data.items() if k != "prompt"}  # an echoed prompt is harmless: we use ours
+    if isinstance(data.get("background"), str) and not data["background"].strip():
+        data["background"] = None
     problems: list[str] = []
     objects = data.get("objects")
     if objects == []:
@@ -277,6 +281,8 @@ def _safe_url(url: str | None) -> str | None:
         return None
     parts = urlsplit(url)
     netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"  # an IPv6 address
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))

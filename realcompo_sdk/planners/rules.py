@@ -95,8 +95,7 @@ _ADJECTIVES = {
     "wooden", "metal", "metallic", "glass", "plastic", "stone", "shiny", "old", "young", "new", "happy",
     "sad", "cute", "fluffy", "furry", "striped", "spotted", "round", "square", "triangular", "colorful",
     "colourful", "bright", "dark", "pale", "beautiful", "ugly", "wet", "dry", "hot", "cold", "fresh",
-    "ripe", "empty", "full", "open", "closed", "sleeping", "running", "flying", "smiling", "shiny",
-    *_SIZE_WORDS,
+    "ripe", "empty", "full", "open", "closed", "sleeping", "running", "flying", "smiling", *_SIZE_WORDS,
 }
 # Nouns with an unusual size or shape: (size factor, width/height aspect). Unknown nouns are 1, 1.
 _NOUN_SHAPES: dict[str, tuple[float, float]] = {
@@ -114,11 +113,12 @@ _NOUN_SHAPES: dict[str, tuple[float, float]] = {
     "fork": (0.5, 0.4), "knife": (0.5, 0.4), "egg": (0.4, 0.8),
 }
 _NOUNS = {
+    "berry", "shelf", "cupcake", "candle", "pillow", "wall", "lamp", "shoe", "sock", "bus", "brush",
     # Shapes world, COCO categories and other everyday nouns: used to find the head of a phrase
     # ("a dog chases" → "dog"); an unknown word can still be a head.
     "circle", "square", "triangle", "star", "rectangle", "oval", "diamond", "heart", "hexagon", "cube",
     "sphere", "cone", "cylinder", "pyramid", "shape", "block", "object",
-    "person", "bicycle", "bike", "car", "motorcycle", "airplane", "plane", "bus", "train", "truck", "boat",
+    "person", "bicycle", "bike", "car", "motorcycle", "airplane", "plane", "train", "truck", "boat",
     "traffic", "light", "hydrant", "sign", "meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
     "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "bag", "tie", "suitcase",
     "frisbee", "skis", "snowboard", "ball", "kite", "bat", "glove", "skateboard", "surfboard", "racket",
@@ -128,7 +128,7 @@ _NOUNS = {
     "microwave", "oven", "toaster", "sink", "refrigerator", "fridge", "book", "clock", "vase", "scissors",
     "teddy", "toothbrush", "man", "woman", "child", "boy", "girl", "baby", "people", "astronaut", "player",
     "tree", "flower", "house", "building", "tower", "castle", "bridge", "mountain", "river", "lake", "sun",
-    "moon", "cloud", "rock", "stone", "lamp", "candle", "hat", "shoe", "shirt", "dress", "window", "door",
+    "moon", "cloud", "rock", "stone", "hat", "shirt", "dress", "window", "door",
     "box", "basket", "chicken", "duck", "fish", "rabbit", "lion", "tiger", "monkey", "fox", "wolf", "owl",
     "frog", "turtle", "snake", "pig", "goat", "deer", "butterfly", "bee", "robot", "egg", "key", "pen",
     "pencil", "painting", "ring", "crown", "sword", "shield", "guitar", "piano", "drum", "violin", "balloon",
@@ -162,12 +162,18 @@ def singular(word: str) -> str:
         return _PLURAL_EXCEPTIONS[w]
     if w in _NOT_PLURAL or len(w) <= 3 or not w.endswith("s") or w.endswith("ss"):
         return w
+    candidates = [w[:-1], w[:-2]]  # "houses" → "house", "buses" → "bus"
+    if w.endswith("ies") and len(w) > 4:
+        candidates.insert(0, w[:-3] + "y")
+    if w.endswith("ves"):
+        candidates[:0] = [w[:-3] + "f", w[:-3] + "fe"]
+    for candidate in candidates:
+        if candidate in _NOUNS:
+            return candidate
     if w.endswith("ies") and len(w) > 4:
         return w[:-3] + "y"
-    if w.endswith(("ches", "shes", "xes", "zes", "sses", "oes")):
+    if w.endswith(("ches", "shes", "xes", "zes", "sses")):
         return w[:-2]
-    if w.endswith("ves") and w[:-3] + "f" in _NOUNS:
-        return w[:-3] + "f"
     return w[:-1]
 
 
