@@ -136,14 +136,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return PNDMScheduler.from_config(tiny_scheduler_config(), skip_prk_steps=True)
 
-    def plain(k: int) -> Any:
+    def run_plain(k: int) -> Any:
         prob = problem([sd, gl], args.steps, opts)
         return plain_sample(prob.adapters[k], prob.states[k], prob)
 
     opts = BalanceOptions(scale_factor=1e6)  # t0 = 40 % of the steps (20 of 50), as the official default
     runs: dict[str, Any] = {
-        "plain SD": lambda: plain(0),
-        "plain GLIGEN": lambda: plain(1),
+        "plain SD": lambda: run_plain(0),
+        "plain GLIGEN": lambda: run_plain(1),
         "balanced": lambda: balanced_sample(problem([sd, gl], args.steps, opts)).latents,
         "official structure": lambda: reference_sample(problem([sd, gl], args.steps, opts)),
     }

@@ -1,0 +1,85 @@
+"""The `realcompo` command, run in-process on the testing kit's tiny adapters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from realcompo_sdk.cli import main
+from realcompo_sdk.images import read_record, write_atomic
+
+TINY = ["--t2i", "tiny-t2i", "--l2i", "tiny-l2i", "--steps", "3", "--no-progress", "--set", "t0=1"]
+
+
+def test_generate_writes_png_with_record_layout_and_influence(tiny_registry, tmp_path, capsys):
+    out = tmp_path / "img.png"
+    code = main(["generate", "red cat and blue dog", "--planner", "fixed", "-o", str(out), *TINY,
+                 "--save-layout", str(tmp_path / "layout.png"), "--save-influence", str(tmp_path / "influence.png")])
+    assert code == 0
+    record = json.loads(read_record(out))
+    assert record["prompt"] == "red cat and blue dog"
+    assert [o["phrase"] for o in record["layout"]["objects"]] == ["red", "cat", "blue", "dog"]
+    assert record["seeds"] == [0] and record["passes"]["backward"] == 2
+    assert (tmp_path / "layout.png").stat().st_size > 0 and (tmp_path / "influence.png").stat().st_size > 0
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_batch_writes_one_file_per_sample(tiny_registry, tmp_path):
+    assert main(["generate", "cat", "--planner", "fixed", "-o", str(tmp_path / "x.png"), "--batch", "2", *TINY]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["x-0.png", "x-1.png"]
+    assert json.loads(read_record(tmp_path / "x-1.png"))["seeds"] == [0, 1]
+
+
+def test_generate_from_layout_file(tiny_registry, tmp_path):
+    layout = {"prompt": "a cat and a dog", "objects": [
+        {"phrase": "cat", "box": {"x0": 0, "y0": 0, "x1": 0.5, "y1": 0.5}},
+        {"phrase": "dog", "box": {"x0": 0.5, "y0": 0.5, "x1": 1, "y1": 1}}]}
+    path = tmp_path / "layout.json"
+    path.write_text(json.dumps(layout))
+    assert main(["generate", "--layout", str(path), "-o", str(tmp_path / "o.png"), *TINY]) == 0
+    assert json.loads(read_record(tmp_path / "o.png")).get("planner") is None
+
+
+def test_invalid_layout_file_names_object_and_field(tiny_registry, tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"prompt": "a cat", "objects": [{"phrase": "cat", "box": {"x0": 0.6, "y0": 0, "x1": 0.5, "y1": 1}}]}))
+    assert main(["generate", "--layout", str(path), "-o", str(tmp_path / "o.png"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "objects[0] ('cat').box" in err and "x0 < x1" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_unknown_adapter_suggests_close_ids(tiny_registry, tmp_path, capsys):
+    assert main(["generate", "cat", "--planner", "fixed", "-o", str(tmp_path / "o.png"), "--t2i", "tiny-t2", "--l2i", "tiny-l2i"]) == 2
+    assert "Did you mean 'tiny-t2i'" in capsys.readouterr().err
+
+
+def test_bad_balancer_option_is_reported(tiny_registry, tmp_path, capsys):
+    assert main(["generate", "cat", "--planner", "fixed", "-o", str(tmp_path / "o.png"), *TINY, "--set", "scale_factr=3"]) == 2
+    assert "scale_factr" in capsys.readouterr().err
+
+
+def test_plan_prints_layout_json(tiny_registry, capsys):
+    assert main(["plan", "a red circle to the left of a blue square", "--json"]) == 0
+    layout = json.loads(capsys.readouterr().out)
+    assert [o["phrase"] for o in layout["objects"]] == ["red circle", "blue square"]
+    assert layout["objects"][0]["box"]["x1"] <= layout["objects"][1]["box"]["x0"]
+
+
+def test_plugins_lists_builtin_and_testing_ids(tiny_registry, capsys):
+    assert main(["plugins", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "planner:rules" in data["ids"] and "t2i:tiny-t2i" in data["ids"]
+
+
+def test_interrupted_write_leaves_no_file(tmp_path):
+    target = tmp_path / "out.png"
+
+    def explode(f):
+        f.write(b"half a png")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, explode)
+    assert not target.exists() and list(tmp_path.iterdir()) == []

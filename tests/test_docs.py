@@ -1,0 +1,26 @@
+"""Docs stay honest: every hook is documented with its exact signature."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from realcompo_sdk import hookspecs
+
+DOC = Path(__file__).parents[1] / "docs" / "plugins.md"
+
+
+def hook_names() -> list[str]:
+    return [n for n, f in vars(hookspecs).items() if callable(f) and hasattr(f, "realcompo_spec")]
+
+
+def test_there_are_hooks_to_document():
+    assert {"register_t2i_adapters", "register_l2i_adapters", "register_layout_planners"} <= set(hook_names())
+
+
+def test_every_hook_has_a_section_with_its_exact_signature():
+    text = DOC.read_text()
+    for name in hook_names():
+        params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
+        assert f"### {name}\n" in text, f"docs/plugins.md has no section for hook {name}"
+        assert f"`{name}({params})`" in text, f"docs/plugins.md does not give the signature {name}({params})"
