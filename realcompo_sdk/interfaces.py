@@ -169,7 +169,8 @@ class DiffusionAdapter(ABC):
 
     @property
     def name(self) -> str:
-        return getattr(self, "id", type(self).__name__)
+        """The id the user asked for (a preset's id, e.g. ``shapes-sd``), else the class id."""
+        return getattr(self, "registered_id", None) or getattr(self, "id", type(self).__name__)
 
     def describe(self) -> dict[str, Any]:
         """What goes into the generation record (no secrets)."""

@@ -1,0 +1,675 @@
+"""Train the Shapes models in one time-boxed run: VAE → text encoder + UNet → GLIGEN fuser.
+
+    python -m realcompo_plugin_shapes.training.train_all --out DIR --device cuda --budget-seconds 420
+
+Writes `DIR/shapes-sd/` (a StableDiffusionPipeline folder) and `DIR/shapes-gligen/` (a
+StableDiffusionGLIGENPipeline folder), fp16 safetensors, plus `DIR/training_log.json` (steps,
+losses, wall time, device) and `DIR/train_log.jsonl` (the loss curve). Stage checkpoints go to
+`DIR/checkpoints/`; running the same command again resumes (finished stages are skipped, a
+stage cut short continues where it stopped). With `--eval-prompts N` (default 32 on CUDA) the
+saved folders are loaded back, sampled on N held-out captions and scored by the evaluator.
+
+The budget covers scene generation, the three stages (split 20/50/30 % of what is left by
+default) and saving; the optional evaluation comes after it. Seeds are fixed (`--seed`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..world import MAX_OBJECTS
+from .data import PHRASES, build_pool
+from .models import MAX_OBJS, scheduler_config, text_config, unet_config, vae_config
+
+STAGES = ("vae", "unet", "gligen")
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m realcompo_plugin_shapes.training.train_all",
+        description="Train the Shapes world's SD and GLIGEN folders in one time-boxed run.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--budget-seconds", type=float, default=420.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pool-size", type=int, default=None, help="scenes generated up front (default 100000 on CUDA, 2000 on CPU)"
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="default 512 on CUDA, 16 on CPU")
+    p.add_argument("--split", default="0.15,0.5,0.35", help="budget fractions of the vae,unet,gligen stages")
+    p.add_argument("--lr-vae", type=float, default=1e-3)
+    p.add_argument("--lr-unet", type=float, default=8e-4)
+    p.add_argument("--lr-gligen", type=float, default=1e-3)
+    p.add_argument(
+        "--vae-batch-size",
+        type=int,
+        default=None,
+        help="default 128 on CUDA (the VAE needs steps more than samples), 16 on CPU",
+    )
+    p.add_argument(
+        "--caption-dropout", type=float, default=0.1, help="empty captions in the UNet stage (classifier-free guidance)"
+    )
+    p.add_argument(
+        "--gligen-caption-dropout",
+        type=float,
+        default=0.5,
+        help="empty captions in the GLIGEN stage: without a caption, only the grounding tokens say what goes where, which makes the fusers learn to use them quickly",
+    )
+    p.add_argument("--grounding-dropout", type=float, default=0.1)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--checkpoint-every", type=float, default=60.0, help="seconds between checkpoints")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on the steps of every stage (smoke tests)")
+    p.add_argument("--workers", type=int, default=None, help="processes generating scenes")
+    p.add_argument(
+        "--eval-prompts",
+        type=int,
+        default=None,
+        help="held-out captions sampled after training (default 32 on CUDA, 0 on CPU)",
+    )
+    p.add_argument(
+        "--gligen-beta", type=float, default=1.0, help="gligen_scheduled_sampling_beta used by the evaluation"
+    )
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    args.pool_size = args.pool_size or (100_000 if cuda else 2_000)
+    args.batch_size = args.batch_size or (512 if cuda else 16)
+    args.vae_batch_size = args.vae_batch_size or (128 if cuda else 16)
+    args.eval_prompts = (32 if cuda else 0) if args.eval_prompts is None else args.eval_prompts
+    fractions = [float(x) for x in args.split.split(",")]
+    if len(fractions) != 3 or any(f <= 0 for f in fractions):
+        p.error(f"--split needs three positive fractions (vae,unet,gligen), got {args.split!r}")
+    args.fractions = [f / sum(fractions) for f in fractions]
+    return args
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class JsonlLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, **record: Any) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def caption_token_ids(captions: list[str], tokenizer: Any, max_length: int) -> np.ndarray:
+    """Token ids padded to max_length, as SD pipelines tokenize prompts.
+
+    Every grammar word is a single token, so a word → id table is exact and 100× faster than
+    the BPE tokenizer; it is checked against the tokenizer on a sample before use.
+    """
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    table: dict[str, int] = {}
+    for word in {w for c in captions[:5000] for w in c.replace(",", " ,").split()}:
+        ids = tokenizer(word).input_ids
+        if len(ids) != 3:
+            break
+        table[word] = ids[1]
+    out = np.full((len(captions), max_length), eos, dtype=np.int64)
+    out[:, 0] = bos
+    try:
+        for i, c in enumerate(captions):
+            words = c.replace(",", " ,").split()[: max_length - 2]
+            out[i, 1 : 1 + len(words)] = [table[w] for w in words]
+    except KeyError:
+        return tokenizer(
+            captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="np"
+        ).input_ids
+    check = tokenizer(
+        captions[:256], padding="max_length", max_length=max_length, truncation=True, return_tensors="np"
+    ).input_ids
+    if not np.array_equal(check, out[:256]):
+        return tokenizer(
+            captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="np"
+        ).input_ids
+    return out
+
+
+@dataclass
+class StageResult:
+    name: str
+    steps: int = 0
+    seconds: float = 0.0
+    allotted_seconds: float = 0.0
+    final_loss: float | None = None
+    samples_seen: int = 0
+    done: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Ema:
+    """Exponential moving average of a list of parameters (with the usual warm-up)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float) -> None:
+        self.params = params
+        self.decay = decay
+        self.shadow = [p.detach().clone().float() for p in params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - d)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s.to(p.dtype))
+
+
+def train_stage(
+    name: str,
+    params: list[torch.nn.Parameter],
+    loss_fn: Callable[[int], torch.Tensor],
+    *,
+    lr: float,
+    allotted: float,
+    batch_size: int,
+    args: argparse.Namespace,
+    ckpt_path: Path,
+    modules: dict[str, torch.nn.Module],
+    log: JsonlLog,
+    warmup_steps: int = 200,
+) -> StageResult:
+    """Optimise `params` on `loss_fn(step)` until the stage's time (or --max-steps) runs out.
+
+    AdamW, linear warm-up then a cosine decay over the stage's *time* (to 10 %), gradient clip 1,
+    EMA of the parameters (copied into them at the end). Resumes from `ckpt_path`.
+    """
+    # No weight decay on gains, biases, norms and GLIGEN's scalar gates (decay would pull the
+    # gates shut).
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    fused = args.device.startswith("cuda")
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), fused=fused)
+    ema = Ema(params, args.ema_decay)
+    result = StageResult(name, allotted_seconds=allotted)
+    step, elapsed, loss_avg = 0, 0.0, None
+    if ckpt_path.exists() and not args.no_resume:
+        state = torch.load(ckpt_path, map_location=args.device, weights_only=True)
+        for key, module in modules.items():
+            module.load_state_dict(state["modules"][key])
+        opt.load_state_dict(state["optimizer"])
+        ema.shadow = [t.to(args.device) for t in state["ema"]]
+        step, elapsed, loss_avg = state["step"], state["elapsed"], state["loss_avg"]
+        result.allotted_seconds = allotted = state["allotted"]
+        if state["done"]:
+            ema.copy_to_params()
+            result.steps, result.seconds, result.final_loss, result.done = step, elapsed, loss_avg, True
+            result.samples_seen = step * batch_size
+            print(f"[{name}] already trained ({step} steps), loaded {ckpt_path}", flush=True)
+            return result
+        print(f"[{name}] resuming at step {step} ({elapsed:.0f}s of {allotted:.0f}s)", flush=True)
+
+    def save(done: bool) -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "modules": {k: m.state_dict() for k, m in modules.items()},
+                "optimizer": opt.state_dict(),
+                "ema": ema.shadow,
+                "step": step,
+                "elapsed": elapsed,
+                "loss_avg": loss_avg,
+                "allotted": allotted,
+                "done": done,
+            },
+            tmp,
+        )
+        os.replace(tmp, ckpt_path)
+
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=round(allotted), initial=round(elapsed), unit="s", desc=f"{name:6s}", dynamic_ncols=True)
+    start, last_ckpt = time.perf_counter() - elapsed, time.perf_counter()
+    for p in params:
+        p.requires_grad_(True)
+    window = torch.zeros((), device=args.device)  # loss summed on the device since the last log
+    window_steps = 0
+    while True:
+        elapsed = time.perf_counter() - start
+        if elapsed >= allotted or (args.max_steps is not None and step >= args.max_steps):
+            break
+        frac = min(1.0, elapsed / max(allotted, 1e-6))
+        cur_lr = lr * min(1.0, (step + 1) / warmup_steps) * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = cur_lr
+        loss = loss_fn(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(step)
+        step += 1
+        window += loss.detach()
+        window_steps += 1
+        if step % 25 == 0 or step == 1:
+            # Mean loss over the steps since the last record; the only host sync, every 25 steps.
+            loss_avg = float(window) / window_steps
+            window.zero_()
+            window_steps = 0
+            log.write(stage=name, step=step, loss=loss_avg, lr=cur_lr, elapsed=round(elapsed, 2))
+            if bar is not None:
+                bar.set_postfix(step=step, loss=f"{loss_avg:.4f}")
+                bar.update(max(0, round(elapsed) - bar.n))
+        if time.perf_counter() - last_ckpt >= args.checkpoint_every:
+            save(done=False)
+            last_ckpt = time.perf_counter()
+    if window_steps:
+        loss_avg = float(window) / window_steps
+    ema.copy_to_params()
+    # The EMA now lives in the parameters; the checkpoint keeps it in both places.
+    save(done=True)
+    if bar is not None:
+        bar.update(max(0, round(elapsed) - bar.n))
+        bar.close()
+    result.steps, result.seconds, result.final_loss, result.done = step, elapsed, loss_avg, True
+    result.samples_seen = step * batch_size
+    print(f"[{name}] {step} steps in {elapsed:.1f}s, loss {loss_avg}", flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    if args.no_resume:
+        (out / "train_log.jsonl").unlink(missing_ok=True)
+    log = JsonlLog(out / "train_log.jsonl")
+
+    # Scenes first, in forked processes, before anything touches the GPU.
+    pool = build_pool(args.pool_size, args.seed, args.workers)
+    t_pool = time.perf_counter() - t_start
+    print(f"[data] {len(pool.captions)} scenes in {t_pool:.1f}s", flush=True)
+
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from ..tokenizer import write_tokenizer
+
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+
+    def autocast() -> Any:
+        if amp_dtype is None:
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=amp_dtype)
+
+    tok_dir = out / "checkpoints" / "tokenizer"
+    write_tokenizer(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    max_len = tokenizer.model_max_length
+    ids_np = caption_token_ids(pool.captions, tokenizer, max_len)
+    empty_ids = torch.as_tensor(
+        tokenizer("", padding="max_length", max_length=max_len, return_tensors="np").input_ids[0], device=device
+    )
+
+    images = torch.as_tensor(pool.images).permute(0, 3, 1, 2).contiguous().to(device)  # uint8
+    token_ids = torch.as_tensor(ids_np, device=device)
+    boxes = torch.as_tensor(pool.boxes, device=device)
+    phrase_idx = torch.as_tensor(pool.phrase_idx, device=device)
+    n_pool = images.shape[0]
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    bs = args.batch_size
+
+    def batch_index(size: int = bs) -> torch.Tensor:
+        return torch.randint(0, n_pool, (size,), device=device, generator=gen)
+
+    reserve = min(30.0, 0.05 * args.budget_seconds)  # saving the folders
+    remaining = max(args.budget_seconds - (time.perf_counter() - t_start) - reserve, 3.0)
+    allot = {s: remaining * f for s, f in zip(STAGES, args.fractions)}
+    results: dict[str, StageResult] = {}
+    ckpt = {s: out / "checkpoints" / f"{s}.pt" for s in STAGES}
+
+    # ---------------- stage 1: VAE
+    torch.manual_seed(args.seed + 1)
+    vae = AutoencoderKL(**vae_config()).to(device)
+    vae.train()
+    kl_weight = 1e-7
+
+    def vae_loss(step: int) -> torch.Tensor:
+        x = images[batch_index(args.vae_batch_size)].float() / 127.5 - 1.0
+        with autocast():
+            posterior = vae.encode(x).latent_dist
+            rec = vae.decode(posterior.sample()).sample
+        rec = rec.float()
+        kl = posterior.kl().float().mean()
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * kl
+
+    results["vae"] = train_stage(
+        "vae", list(vae.parameters()), vae_loss, lr=args.lr_vae, allotted=allot["vae"],
+        batch_size=args.vae_batch_size, args=args, ckpt_path=ckpt["vae"], modules={"vae": vae}, log=log,
+    )  # fmt: skip
+    vae.eval().requires_grad_(False)
+
+    # Latents of the whole pool (posterior mean and std), and SD's scaling factor 1/std.
+    t_enc = time.perf_counter()
+    means, stds = [], []
+    with torch.no_grad(), autocast():
+        for i in range(0, n_pool, 1024):
+            dist = vae.encode(images[i : i + 1024].float() / 127.5 - 1.0).latent_dist
+            means.append(dist.mean.to(amp_dtype or torch.float32))
+            stds.append(dist.std.to(amp_dtype or torch.float32))
+    lat_mean, lat_std = torch.cat(means), torch.cat(stds)
+    probe = lat_mean[:4096].float() + lat_std[:4096].float() * torch.randn_like(lat_mean[:4096].float())
+    scaling_factor = float(1.0 / probe.std())
+    vae.register_to_config(scaling_factor=round(scaling_factor, 5))
+    results["vae"].extra.update(scaling_factor=scaling_factor, encode_seconds=time.perf_counter() - t_enc)
+    print(f"[vae] scaling_factor {scaling_factor:.5f}", flush=True)
+
+    # ---------------- stage 2: text encoder + UNet
+    torch.manual_seed(args.seed + 2)
+    te = CLIPTextModel(
+        CLIPTextConfig(**text_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, max_len))
+    ).to(device)
+    unet = UNet2DConditionModel(**unet_config()).to(device)
+    te.train()
+    unet.train()
+    sched = DDIMScheduler(**scheduler_config())
+    alphas_cumprod = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    min_snr_weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting for epsilon targets
+
+    def noisy_latents(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, sd = lat_mean[idx].float(), lat_std[idx].float()
+        z0 = (mu + sd * torch.randn_like(mu)) * scaling_factor
+        t = torch.randint(0, 1000, (idx.shape[0],), device=device, generator=gen)
+        noise = torch.randn_like(z0)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        return a.sqrt() * z0 + (1 - a).sqrt() * noise, noise, t
+
+    def dropped_captions(idx: torch.Tensor, p: float) -> torch.Tensor:
+        ids = token_ids[idx]
+        drop = torch.rand(idx.shape[0], device=device, generator=gen) < p
+        return torch.where(drop[:, None], empty_ids[None, :], ids)
+
+    def unet_loss(step: int) -> torch.Tensor:
+        idx = batch_index()
+        zt, noise, t = noisy_latents(idx)
+        with autocast():
+            context = te(dropped_captions(idx, args.caption_dropout))[0]
+            pred = unet(zt, t, context).sample
+        per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        return (per_sample * min_snr_weight[t]).mean()
+
+    results["unet"] = train_stage(
+        "unet", list(te.parameters()) + list(unet.parameters()), unet_loss, lr=args.lr_unet,
+        allotted=allot["unet"], batch_size=bs, args=args, ckpt_path=ckpt["unet"],
+        modules={"text_encoder": te, "unet": unet}, log=log,
+    )  # fmt: skip
+    te.eval().requires_grad_(False)
+    unet.eval().requires_grad_(False)
+
+    # ---------------- stage 3: GLIGEN (frozen UNet + trainable fuser layers and position net)
+    torch.manual_seed(args.seed + 3)
+    gunet = UNet2DConditionModel(**unet_config(gated=True)).to(device)
+    missing, unexpected = gunet.load_state_dict(unet.state_dict(), strict=False)
+    new_keys = [k for k in missing if ".fuser." not in k and not k.startswith("position_net.")]
+    if new_keys or unexpected:
+        raise RuntimeError(
+            f"gated UNet does not extend the T2I UNet: missing {new_keys[:5]}, unexpected {unexpected[:5]}"
+        )
+    gunet.requires_grad_(False)
+    open_fuser_gates(gunet)
+    trainable = [p for n, p in gunet.named_parameters() if ".fuser." in n or n.startswith("position_net.")]
+    gunet.train()
+    with torch.no_grad():
+        # Exactly what StableDiffusionGLIGENPipeline feeds: pooler_output of each phrase alone.
+        enc = tokenizer(PHRASES, padding=True, return_tensors="pt").to(device)
+        phrase_table = te(**enc).pooler_output.float()  # (n_phrases, D)
+    hidden = phrase_table.shape[1]
+
+    def gligen_loss(step: int) -> torch.Tensor:
+        idx = batch_index()
+        zt, noise, t = noisy_latents(idx)
+        b = idx.shape[0]
+        pidx = phrase_idx[idx]  # (B, 4), -1 padding
+        present = (pidx >= 0).float()
+        keep = (torch.rand(b, device=device, generator=gen) >= args.grounding_dropout).float()
+        g_boxes = torch.zeros(b, MAX_OBJS, 4, device=device)
+        g_boxes[:, :MAX_OBJECTS] = boxes[idx] * present[..., None]
+        g_emb = torch.zeros(b, MAX_OBJS, hidden, device=device)
+        g_emb[:, :MAX_OBJECTS] = phrase_table[pidx.clamp(min=0)] * present[..., None]
+        g_masks = torch.zeros(b, MAX_OBJS, device=device)
+        g_masks[:, :MAX_OBJECTS] = present * keep[:, None]
+        with torch.no_grad(), autocast():
+            context = te(dropped_captions(idx, args.gligen_caption_dropout))[0]
+        with autocast():
+            pred = gunet(
+                zt, t, context,
+                cross_attention_kwargs={"gligen": {"boxes": g_boxes, "positive_embeddings": g_emb, "masks": g_masks}},
+            ).sample  # fmt: skip
+        per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        return (per_sample * min_snr_weight[t]).mean()
+
+    results["gligen"] = train_stage(
+        "gligen", trainable, gligen_loss, lr=args.lr_gligen, allotted=allot["gligen"],
+        batch_size=bs, args=args, ckpt_path=ckpt["gligen"], modules={"gligen_unet": gunet}, log=log,
+    )  # fmt: skip
+    gunet.eval().requires_grad_(False)
+
+    # ---------------- save the two folders (fp16 safetensors)
+    t_save = time.perf_counter()
+    folders = save_folders(out, vae, te, tokenizer, unet, gunet)
+    save_seconds = time.perf_counter() - t_save
+    train_wall = time.perf_counter() - t_start
+
+    summary: dict[str, Any] = {
+        "command": "python -m realcompo_plugin_shapes.training.train_all "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "seed": args.seed,
+        "device": device_name(device),
+        "budget_seconds": args.budget_seconds,
+        "wall_seconds": round(train_wall, 2),
+        "pool": {"scenes": n_pool, "seconds": round(t_pool, 2)},
+        "batch_size": bs,
+        "vae_batch_size": args.vae_batch_size,
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "amp": str(amp_dtype) if amp_dtype else "fp32",
+        "stages": {k: vars(v) for k, v in results.items()},
+        "save_seconds": round(save_seconds, 2),
+        "parameters": {
+            "vae": count(vae),
+            "text_encoder": count(te),
+            "unet": count(unet),
+            "gligen_unet": count(gunet),
+            "gligen_trainable": sum(p.numel() for p in trainable),
+        },  # fmt: skip
+        "folders": folders,
+        "versions": versions(),
+    }
+    (out / "training_log.json").write_text(json.dumps(summary, indent=2, default=str))
+    if args.eval_prompts > 0:
+        try:
+            summary["evaluation"] = evaluate_folders(out, args, device)
+        except Exception as exc:  # the models are saved; a failed check must not lose them
+            summary["evaluation"] = {"error": f"{type(exc).__name__}: {exc}"}
+        (out / "training_log.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"[done] {out} in {train_wall:.0f}s: " + json.dumps(summary.get("evaluation", {}))[:2000], flush=True)
+    return summary
+
+
+@torch.no_grad()
+def open_fuser_gates(gunet: torch.nn.Module, gate: float = 0.5) -> None:
+    """Start every fuser as the identity with open gates, instead of GLIGEN's closed gates.
+
+    GLIGEN initialises the gates alpha to 0, so x + tanh(alpha) * attn(...) starts as the
+    identity; but then the attention weights get no gradient until alpha drifts away from 0,
+    which takes GLIGEN's hundreds of thousands of steps (in a few-minute run alpha_attn stayed
+    at ~0 and the grounding did nothing). Zeroing the output projections of the fuser's
+    attention and feed-forward keeps the identity start while every weight gets a gradient from
+    step one. The architecture and the saved keys are GLIGEN's.
+    """
+    for module in gunet.modules():
+        if type(module).__name__ == "GatedSelfAttentionDense":
+            module.alpha_attn.fill_(gate)
+            module.alpha_dense.fill_(gate)
+            out_attn = module.attn.to_out[0]
+            out_ff = module.ff.net[-1]
+            for layer in (out_attn, out_ff):
+                layer.weight.zero_()
+                if layer.bias is not None:
+                    layer.bias.zero_()
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return (
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    )
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_folders(out: Path, vae: Any, te: Any, tokenizer: Any, unet: Any, gunet: Any) -> dict[str, Any]:
+    """Write DIR/shapes-sd and DIR/shapes-gligen as fp16 safetensors pipeline folders."""
+    from diffusers import DDIMScheduler, StableDiffusionGLIGENPipeline, StableDiffusionPipeline
+
+    def half(m: torch.nn.Module) -> torch.nn.Module:
+        return copy.deepcopy(m).to("cpu", torch.float16)
+
+    vae16, te16 = half(vae), half(te)
+    common = dict(
+        vae=vae16, text_encoder=te16, tokenizer=tokenizer, scheduler=DDIMScheduler(**scheduler_config()),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    info = {}
+    for name, cls, u in (
+        ("shapes-sd", StableDiffusionPipeline, unet),
+        ("shapes-gligen", StableDiffusionGLIGENPipeline, gunet),
+    ):
+        folder = out / name
+        cls(unet=half(u), **common).save_pretrained(folder, safe_serialization=True)
+        # transformers ≥ 5 loads a model in its config's dtype by default, diffusers in float32:
+        # with "float16" recorded, a plain from_pretrained would pair an fp16 text encoder with
+        # an fp32 UNet and fail. The weights stay fp16; torch_dtype=float16 still gives fp16.
+        te_config = folder / "text_encoder" / "config.json"
+        cfg = json.loads(te_config.read_text())
+        for key in ("dtype", "torch_dtype"):
+            if key in cfg:
+                cfg[key] = "float32"
+        te_config.write_text(json.dumps(cfg, indent=2) + "\n")
+        # transformers 5 saves only tokenizer.json; the slow CLIPTokenizer of transformers 4
+        # needs vocab.json and merges.txt, so the original files are written next to it (with
+        # their plain tokenizer_config.json, which both major versions read).
+        from ..tokenizer import write_tokenizer
+
+        write_tokenizer(folder / "tokenizer")
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        info[name] = {"path": str(folder), "bytes": size}
+    info["total_bytes"] = info["shapes-sd"]["bytes"] + info["shapes-gligen"]["bytes"]
+    return info
+
+
+def held_out_scenes(n: int, seed: int) -> Iterator[Any]:
+    from ..scenes import generate_scenes
+
+    return iter(generate_scenes(n, 1_000_003 + seed, masks=False))
+
+
+@torch.no_grad()
+def evaluate_folders(out: Path, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Load the saved folders back, sample held-out captions, score them with the evaluator."""
+    from diffusers import StableDiffusionGLIGENPipeline, StableDiffusionPipeline
+    from PIL import Image
+
+    from ..evaluate import evaluate_image, realism_score, summarize
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    scenes = list(held_out_scenes(args.eval_prompts, args.seed))
+    captions = [s.caption for s in scenes]
+    t0 = time.perf_counter()
+    sd = StableDiffusionPipeline.from_pretrained(out / "shapes-sd", torch_dtype=dtype).to(device)
+    sd.set_progress_bar_config(disable=True)
+    g = torch.Generator(device="cpu").manual_seed(args.seed)
+    sd_images = []
+    for i in range(0, len(captions), 64):
+        res = sd(captions[i : i + 64], num_inference_steps=25, guidance_scale=5.0, generator=g, output_type="np")
+        sd_images += [(im * 255).round().astype(np.uint8) for im in res.images]
+    gl = StableDiffusionGLIGENPipeline.from_pretrained(out / "shapes-gligen", torch_dtype=dtype).to(device)
+    gl.set_progress_bar_config(disable=True)
+    gl_images = []
+    for s in scenes:
+        res = gl(
+            s.caption, gligen_phrases=[o.phrase for o in s.objects], gligen_boxes=[list(o.box) for o in s.objects],
+            gligen_scheduled_sampling_beta=args.gligen_beta, num_inference_steps=25, guidance_scale=5.0,
+            generator=g, output_type="np",
+        )  # fmt: skip
+        gl_images.append((res.images[0] * 255).round().astype(np.uint8))
+    report: dict[str, Any] = {
+        "captions": len(captions),
+        "sampler": "DDIM 25 steps, guidance 5",
+        "gligen_beta": args.gligen_beta,
+    }
+    for name, imgs in (("shapes-sd", sd_images), ("shapes-gligen", gl_images)):
+        evs = [evaluate_image(im, s.caption, planned=[o.box for o in s.objects]) for im, s in zip(imgs, scenes)]
+        report[name] = summarize(evs) | {"realism": float(np.mean([realism_score(im) for im in imgs]))}
+        grid = (
+            np.concatenate([np.concatenate(imgs[r * 8 : (r + 1) * 8], 1) for r in range(min(4, len(imgs) // 8))], 0)
+            if len(imgs) >= 8
+            else np.concatenate(imgs, 1)
+        )
+        Image.fromarray(grid).save(out / f"samples_{name}.png")
+    real = [s.image for s in scenes]
+    report["ground_truth"] = summarize(
+        evaluate_image(s.image, s.caption, planned=[o.box for o in s.objects]) for s in scenes
+    ) | {"realism": float(np.mean([realism_score(im) for im in real]))}
+    (out / "samples_captions.txt").write_text("\n".join(captions) + "\n")
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""A few CPU training steps end to end: the folders load back with the standard diffusers classes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+SMOKE_ARGS = ["--device", "cpu", "--budget-seconds", "30", "--pool-size", "48", "--batch-size", "2",
+              "--vae-batch-size", "2", "--max-steps", "2", "--eval-prompts", "0", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict]:
+    from realcompo_plugin_shapes.training.train_all import main
+
+    out = tmp_path_factory.mktemp("shapes-train")
+    summary = main(["--out", str(out), *SMOKE_ARGS])
+    return out, summary
+
+
+def test_training_writes_both_folders_and_a_log(trained) -> None:
+    out, summary = trained
+    log = json.loads((out / "training_log.json").read_text())
+    assert set(log["stages"]) == {"vae", "unet", "gligen"}
+    assert all(stage["steps"] == 2 and stage["done"] for stage in log["stages"].values())
+    assert log["device"].startswith("cpu")
+    assert (out / "train_log.jsonl").read_text().count('"stage"') >= 3
+    for name in ("shapes-sd", "shapes-gligen"):
+        folder = out / name
+        assert (folder / "model_index.json").exists()
+        for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+            assert (folder / sub).is_dir(), (name, sub)
+        assert list(folder.rglob("*.safetensors")) and not list(folder.rglob("*.bin"))
+
+
+def test_shipped_weights_fit_in_25_mb(trained) -> None:
+    out, summary = trained
+    total = summary["folders"]["total_bytes"]
+    assert total <= 25_000_000, f"{total / 1e6:.1f} MB"
+
+
+def test_sd_folder_loads_with_standard_classes(trained) -> None:
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = trained[0] / "shapes-sd"
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    te = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    tok = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    assert unet.config.sample_size == 32 and unet.config.cross_attention_dim == te.config.hidden_size
+    assert vae.config.latent_channels == 4 and 2 ** (len(vae.config.block_out_channels) - 1) == 2
+    assert vae.config.scaling_factor != 0.18215  # measured, not SD's constant
+    assert tok.model_max_length == 32 and len(tok("a big red circle").input_ids) == 6
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    assert pipe.text_encoder.dtype == pipe.unet.dtype == torch.float32  # plain load: one dtype
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red circle", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()
+
+
+def test_gligen_folder_loads_with_standard_classes(trained) -> None:
+    from diffusers import StableDiffusionGLIGENPipeline, UNet2DConditionModel
+
+    folder = trained[0] / "shapes-gligen"
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    assert unet.config.attention_type == "gated" and hasattr(unet, "position_net")
+    assert any(".fuser." in name for name, _ in unet.named_parameters())
+    pipe = StableDiffusionGLIGENPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        "a red circle to the left of a blue square",
+        gligen_phrases=["red circle", "blue square"],
+        gligen_boxes=[[0.1, 0.4, 0.35, 0.65], [0.6, 0.4, 0.85, 0.65]],
+        gligen_scheduled_sampling_beta=1.0,
+        num_inference_steps=2,
+        output_type="np",
+    ).images[0]
+    assert image.shape == (64, 64, 3)
+
+
+def test_gligen_keeps_the_t2i_weights_frozen(trained) -> None:
+    from safetensors.torch import load_file
+
+    out = trained[0]
+    sd = load_file(str(out / "shapes-sd" / "unet" / "diffusion_pytorch_model.safetensors"))
+    gl = load_file(str(out / "shapes-gligen" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert set(sd) < set(gl)
+    assert all(".fuser." in k or k.startswith("position_net.") for k in set(gl) - set(sd))
+    assert all(torch.equal(sd[k], gl[k]) for k in sd)
+
+
+def test_rerun_resumes_from_finished_checkpoints(trained, capsys) -> None:
+    from realcompo_plugin_shapes.training.train_all import main
+
+    out, first = trained
+    capsys.readouterr()
+    again = main(["--out", str(out), *SMOKE_ARGS])
+    printed = capsys.readouterr().out
+    assert all(f"[{stage}] already trained" in printed for stage in ("vae", "unet", "gligen"))
+    assert {k: v["steps"] for k, v in again["stages"].items()} == {k: v["steps"] for k, v in first["stages"].items()}
