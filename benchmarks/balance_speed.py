@@ -12,6 +12,7 @@ and checks that the balanced and reference latents agree in float32. VAE decodin
 
     python benchmarks/balance_speed.py --size full --device cuda --steps 50      # GPU, 512²
     python benchmarks/balance_speed.py --size small --device cpu --steps 10      # CPU
+    python benchmarks/balance_speed.py --size shapes --device cpu --resolution 64  # bundled Shapes models
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     from realcompo_plugin_gligen.adapter import GligenAdapter
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", choices=sorted(SIZES), default="small")
+    p.add_argument("--size", choices=sorted(SIZES) + ["shapes"], default="small",
+                   help="full: SD1.5/GLIGEN-sized random UNets; small: same structure, 10x fewer channels; shapes: the bundled trained models")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="float16 (default on cuda) or float32")
     p.add_argument("--steps", type=int, default=50)
@@ -112,15 +114,23 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
     torch.backends.cuda.matmul.allow_tf32 = False
 
-    tokenizer = tiny_tokenizer()
     t0 = time.perf_counter()
-    sd = in_memory(BenchSD, build_unet(args.size, False, 0), build_text_encoder(args.size, tokenizer), tokenizer, device, dtype)
-    gl = in_memory(GligenAdapter, build_unet(args.size, True, 1), build_text_encoder(args.size, tokenizer), tokenizer, device, dtype)
+    if args.size == "shapes":
+        from realcompo_sdk import registry
+
+        dtype_name = str(dtype).replace("torch.", "")
+        sd = registry.create("t2i", "shapes-sd", device=args.device, dtype=dtype_name)
+        gl = registry.create("l2i", "shapes-gligen", device=args.device, dtype=dtype_name)
+        layout_prompt = ("a red circle to the left of a blue square", [("red circle", (0.1, 0.3, 0.4, 0.7)), ("blue square", (0.6, 0.3, 0.9, 0.7))])
+    else:
+        tokenizer = tiny_tokenizer()
+        sd = in_memory(BenchSD, build_unet(args.size, False, 0), build_text_encoder(args.size, tokenizer), tokenizer, device, dtype)
+        gl = in_memory(GligenAdapter, build_unet(args.size, True, 1), build_text_encoder(args.size, tokenizer), tokenizer, device, dtype)
+        layout_prompt = ("a red cat to the left of a blue dog", [("red cat", (0.05, 0.3, 0.45, 0.8)), ("blue dog", (0.55, 0.3, 0.95, 0.8))])
     build_s = time.perf_counter() - t0
     weights_gib = sum(p.numel() * p.element_size() for a in (sd, gl) for p in list(a.unet.parameters()) + list(a.text_encoder.parameters())) / 2**30
 
-    layout = Layout.from_boxes("a red cat to the left of a blue dog",
-                               [("red cat", (0.05, 0.3, 0.45, 0.8)), ("blue dog", (0.55, 0.3, 0.95, 0.8))])
+    layout = Layout.from_boxes(*layout_prompt)
 
     def problem(adapters: list[Any], steps: int, opts: BalanceOptions) -> BalancedProblem:
         request = GenerationRequest(prompt=layout.prompt, negative_prompt="", layout=layout, batch_size=1,
