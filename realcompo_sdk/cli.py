@@ -1,4 +1,4 @@
-"""The `realcompo` command: generate, plan, plugins.
+"""The `realcompo` command: generate, plan, plugins, new-plugin.
 
 Heavy libraries load only inside the commands that need them: `realcompo --help` and
 `realcompo plugins` import no torch.
@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pg = sub.add_parser("plugins", help="list installed plugins, their ids and load errors")
     pg.add_argument("--json", action="store_true")
+
+    np_ = sub.add_parser("new-plugin", help="write a new plugin distribution (adapter or planner skeleton, tests) from the template")
+    np_.add_argument("name", help="plugin id, e.g. my-boxes (distribution realcompo-plugin-my-boxes)")
+    np_.add_argument("--kind", required=True, choices=["t2i", "l2i", "planner"], help="what the plugin registers")
+    np_.add_argument("--dir", default=".", help="folder to create the distribution in (default: the current one)")
     return parser
 
 
@@ -181,10 +186,24 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from .scaffold import plugin_names, render_plugin
+
+    path = render_plugin(args.name, args.kind, args.dir)
+    names = plugin_names(args.name, args.kind)
+    print(f"wrote {path}")
+    print("next steps:")
+    print(f"  pip install -e {path}")
+    print(f"  realcompo plugins        # lists {names.kind}:{names.id}")
+    print(f"  pytest {path}            # entry point, light import, contract")
+    print(f"  then edit {path / names.package / (names.module + '.py')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"generate": cmd_generate, "plan": cmd_plan, "plugins": cmd_plugins}
+    handlers = {"generate": cmd_generate, "plan": cmd_plan, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin}
     try:
         return handlers[args.command](args)
     except RealCompoError as exc:
@@ -196,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, ValidationError):
             from .layout import format_validation_error
 
-            print(f"error: {format_validation_error(exc)}", file=sys.stderr)
+            title = str(getattr(exc, "title", ""))
+            what = "layout" if title.startswith(("Layout", "Box", "Mask", "RLE", "Keypoint")) else f"options ({title})"
+            print(f"error: {format_validation_error(exc, what=what)}", file=sys.stderr)
             return 2
         raise
 

@@ -268,9 +268,9 @@ def load_layout(data: str | bytes | dict) -> Layout:
         raise LayoutError(format_validation_error(exc, data)) from exc
 
 
-def format_validation_error(exc: object, data: object = None) -> str:
+def format_validation_error(exc: object, data: object = None, what: str = "layout") -> str:
     """Turn a pydantic ValidationError into lines like `objects[1] ('a dog').box: ...`."""
-    lines = ["invalid layout:"]
+    lines = [f"invalid {what}:"]
     if isinstance(data, (str, bytes)):
         import json
 

@@ -57,7 +57,14 @@ def test_unknown_adapter_suggests_close_ids(tiny_registry, tmp_path, capsys):
 
 def test_bad_balancer_option_is_reported(tiny_registry, tmp_path, capsys):
     assert main(["generate", "cat", "--planner", "fixed", "-o", str(tmp_path / "o.png"), *TINY, "--set", "scale_factr=3"]) == 2
-    assert "scale_factr" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "scale_factr" in err and "invalid options (BalanceOptions)" in err and "layout" not in err
+
+
+def test_unknown_adapter_option_is_reported_as_an_option(tiny_registry, tmp_path, capsys):
+    assert main(["generate", "cat", "--planner", "fixed", "-o", str(tmp_path / "o.png"), *TINY, "--l2i-option", "colour=red"]) == 2
+    err = capsys.readouterr().err
+    assert "colour" in err and "invalid options" in err
 
 
 def test_plan_prints_layout_json(tiny_registry, capsys):

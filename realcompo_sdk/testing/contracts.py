@@ -145,6 +145,23 @@ class L2IAdapterContract(_AdapterContract):
     # set False for models whose fresh (untrained) layout branch is a no-op
     layout_sensitive: ClassVar[bool] = True
 
+    def moved_layout(self, layout: Layout) -> Layout:
+        """The same objects elsewhere (in the top-left corner), each keeping its region kind."""
+        from ..layout import Keypoint, Mask
+
+        def moved(o: LayoutObject) -> LayoutObject:
+            if o.mask is not None:
+                h, w = o.mask.shape
+                rows = [[int(y < max(1, h // 5) and w // 10 <= x < max(w // 10 + 1, 3 * w // 10)) for x in range(w)]
+                        for y in range(h)]
+                return LayoutObject(phrase=o.phrase, mask=Mask(rows=rows))
+            if o.keypoints is not None:
+                return LayoutObject(phrase=o.phrase, keypoints=[
+                    Keypoint(name=k.name, x=0.1 + 0.2 * k.x, y=0.2 * k.y, visible=k.visible) for k in o.keypoints])
+            return LayoutObject(phrase=o.phrase, box=Box(x0=0.1, y0=0.0, x1=0.3, y1=0.2))
+
+        return Layout(prompt=layout.prompt, objects=[moved(o) for o in layout.objects])
+
     def test_is_l2i_with_declared_kinds(self, adapter: DiffusionAdapter) -> None:
         assert isinstance(adapter, L2IAdapter)
         assert adapter.accepted_kinds and adapter.accepted_kinds <= {"box", "mask", "keypoints"}
@@ -179,8 +196,7 @@ class L2IAdapterContract(_AdapterContract):
             pytest.skip("layout branch declared insensitive for this model")
         x, step = self._latents(adapter), self._step(adapter)
         layout = self.layout()
-        moved = Layout(prompt=layout.prompt, objects=[
-            LayoutObject(phrase=o.phrase, box=Box(x0=0.1, y0=0.0, x1=0.3, y1=0.2)) for o in layout.objects])
+        moved = self.moved_layout(layout)
         a = adapter.predict_noise(x, step, adapter.prepare(self._request(adapter, layout)), guidance_scale=1.0, branches=("cond",)).cond
         b = adapter.predict_noise(x, step, adapter.prepare(self._request(adapter, moved)), guidance_scale=1.0, branches=("cond",)).cond
         assert float((a - b).abs().max()) > 1e-6

@@ -16,7 +16,7 @@ from pydantic import Field
 from realcompo_sdk.diffusers_loading import expect_kind, load_sd_components
 from realcompo_sdk.errors import RealCompoError
 from realcompo_sdk.interfaces import Branch, GenerationRequest, L2IAdapter, StepInfo
-from realcompo_sdk.layout import RegionKind
+from realcompo_sdk.layout import Layout, LayoutObject, RegionKind
 from realcompo_sdk.unet_adapter import TorchModelOptions, UNetAdapter, UNetState, latent_spec_from, resolve_device_dtype
 
 MAX_OBJECTS = 30
@@ -26,6 +26,7 @@ class GligenOptions(TorchModelOptions):
     model: str = "masterful/gligen-1-4-generation-text-box"
     variant: str | None = None
     scheduled_sampling_beta: float = Field(1.0, ge=0.0, le=1.0, description="fraction of steps with grounding on (official RealCompo: 1.0)")
+    ground_by_bounding_box: bool = Field(False, description="also accept mask and keypoint objects, grounded by their bounding box (keypoints padded, as the balancer's regions); lets GLIGEN join a ControlNet in one balance")
 
 
 class GligenAdapter(UNetAdapter, L2IAdapter):
@@ -49,6 +50,12 @@ class GligenAdapter(UNetAdapter, L2IAdapter):
                     scheduler_config=parts.scheduler_config, latent_spec=spec, device=device, dtype=dtype)
         self._fusers = [m for m in self.unet.modules() if type(m).__name__ == "GatedSelfAttentionDense"]
 
+    def check_layout(self, layout: Layout) -> None:
+        if self.options.ground_by_bounding_box:  # every region kind has a bounding box
+            layout = Layout(prompt=layout.prompt, objects=[
+                LayoutObject(phrase=o.phrase, box=o.bounding_box()) for o in layout.objects])
+        super().check_layout(layout)
+
     def _prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
         self.check_layout(request.layout)
         phrases = [o.phrase for o in request.layout.objects]
@@ -57,7 +64,7 @@ class GligenAdapter(UNetAdapter, L2IAdapter):
             pooled = self.text_encoder(ids).pooler_output
         n, dim = len(phrases), self.unet.config.cross_attention_dim
         boxes = torch.zeros(MAX_OBJECTS, 4, device=self.device, dtype=self.dtype)
-        boxes[:n] = torch.tensor([o.box.as_tuple() for o in request.layout.objects], dtype=self.dtype)
+        boxes[:n] = torch.tensor([o.bounding_box().as_tuple() for o in request.layout.objects], dtype=self.dtype)
         embeddings = torch.zeros(MAX_OBJECTS, dim, device=self.device, dtype=self.dtype)
         embeddings[:n] = pooled.to(self.dtype)
         masks = torch.zeros(MAX_OBJECTS, device=self.device, dtype=self.dtype)

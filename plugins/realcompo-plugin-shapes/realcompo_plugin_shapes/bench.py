@@ -2,6 +2,7 @@
 
     python -m realcompo_plugin_shapes.bench --out bench-shapes            # held-out set, defaults
     python -m realcompo_plugin_shapes.bench --tune --out tune-shapes      # grid on the tuning set
+    python -m realcompo_plugin_shapes.bench --extra-l2i shapes-layout-guidance   # + another L2I, alone and balanced
 
 The tuning set (seed 1000+) and the held-out set (seed 2000+) are drawn from the caption grammar
 with different seeds, so hyper-parameters chosen on one are judged on the other. Every method
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scheduler", default="ddim")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="balancer option for RealCompo")
     p.add_argument("--tune", action="store_true", help="grid over scale_factor, t0, attention_resolution on the tuning set")
+    p.add_argument("--extra-l2i", metavar="ID", help="also compare this L2I adapter alone and balanced with shapes-sd (e.g. shapes-layout-guidance)")
     args = p.parse_args(argv)
     balance = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     out = Path(args.out)
@@ -100,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         for label, mode in [("T2I alone (shapes-sd)", "t2i"), ("L2I alone (shapes-gligen)", "l2i"), ("RealCompo", "balanced")]:
             rows[label] = run_method(rc, mode, prompts, args.seeds, args.steps, args.guidance)
             print(label, {k: round(v, 3) for k, v in rows[label].items() if isinstance(v, float)}, flush=True)
+        if args.extra_l2i:
+            extra = RealCompo(t2i="shapes-sd", l2i=args.extra_l2i, planner="rules", scheduler=args.scheduler, balance=balance)
+            for label, mode in [(f"L2I alone ({args.extra_l2i})", "l2i"), (f"RealCompo (shapes-sd + {args.extra_l2i})", "balanced")]:
+                rows[label] = run_method(extra, mode, prompts, args.seeds, args.steps, args.guidance)
+                print(label, {k: round(v, 3) for k, v in rows[label].items() if isinstance(v, float)}, flush=True)
         header = f"Held-out set ({args.prompts} captions, seed {SETS['heldout']}), balancer options {balance or 'defaults'}"
     text = f"{header}; {args.steps} {args.scheduler} steps, guidance {args.guidance}, {args.seeds} seed(s) per caption.\n\n{markdown(rows)}\n\n`{command}`\n"
     (out / "results.md").write_text(text)

@@ -1,0 +1,1 @@
+"""ControlNet L2I adapters for realcompo-sdk: ``controlnet-openpose`` (keypoints) and ``controlnet-seg`` (masks)."""
