@@ -58,25 +58,33 @@ def expect_kind(model: str, wanted: set[str], adapter_id: str, hint: str) -> Non
         )
 
 
-def load_sd_components(model: str, dtype: torch.dtype, *, variant: str | None = None,
-                       single_file_config: str | None = None) -> SDComponents:
-    """UNet, VAE, text encoder, tokenizer and scheduler config of an SD 1.x/2.x model."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
+def check_model_reference(model: str) -> Path:
+    """Refuse, before any loading, a missing file or folder, a pickle checkpoint, or a malformed
+    hub id. Returns the path (which may name a hub id rather than a local path)."""
     path = Path(model).expanduser()
     if path.suffix in {".safetensors", ".ckpt"}:
         if not path.exists():
             raise RealCompoError(f"checkpoint file {path} does not exist")
         if path.suffix == ".ckpt":
             raise RealCompoError(f"{path.name}: .ckpt files are pickles that can run code; convert it to .safetensors first")
+    elif not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
+        raise RealCompoError(f"model {model!r} is neither an existing folder nor a hub id of the form 'owner/name'")
+    return path
+
+
+def load_sd_components(model: str, dtype: torch.dtype, *, variant: str | None = None,
+                       single_file_config: str | None = None) -> SDComponents:
+    """UNet, VAE, text encoder, tokenizer and scheduler config of an SD 1.x/2.x model."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = check_model_reference(model)
+    if path.suffix == ".safetensors":
         from diffusers import StableDiffusionPipeline
 
         kwargs = {"config": single_file_config} if single_file_config else {}
         pipe = StableDiffusionPipeline.from_single_file(str(path), torch_dtype=dtype, safety_checker=None, **kwargs)
         return SDComponents(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config))
-    if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
-        raise RealCompoError(f"model {model!r} is neither an existing folder nor a hub id of the form 'owner/name'")
     common = {"torch_dtype": dtype, "variant": variant}
     try:
         unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **common)

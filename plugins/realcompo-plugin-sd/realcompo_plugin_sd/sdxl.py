@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from realcompo_sdk.diffusers_loading import describe_folder, expect_kind
+from realcompo_sdk.diffusers_loading import check_model_reference, describe_folder, expect_kind
 from realcompo_sdk.errors import RealCompoError
 from realcompo_sdk.interfaces import Branch, GenerationRequest, StepInfo, T2IAdapter
 from realcompo_sdk.tokens import align_phrases
@@ -69,12 +68,8 @@ def load_sdxl_components(model: str, dtype: torch.dtype, *, variant: str | None 
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    path = Path(model).expanduser()
-    if path.suffix in {".safetensors", ".ckpt"}:
-        if not path.exists():
-            raise RealCompoError(f"checkpoint file {path} does not exist")
-        if path.suffix == ".ckpt":
-            raise RealCompoError(f"{path.name}: .ckpt files are pickles that can run code; convert it to .safetensors first")
+    path = check_model_reference(model)
+    if path.suffix == ".safetensors":
         from diffusers import StableDiffusionXLPipeline
 
         kwargs = {"config": single_file_config} if single_file_config else {}
@@ -82,8 +77,6 @@ def load_sdxl_components(model: str, dtype: torch.dtype, *, variant: str | None 
         return SDXLComponents(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer,
                               pipe.tokenizer_2, dict(pipe.scheduler.config),
                               bool(pipe.config.get("force_zeros_for_empty_prompt", True)))
-    if not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
-        raise RealCompoError(f"model {model!r} is neither an existing folder nor a hub id of the form 'owner/name'")
     if path.exists():
         index = json.loads((path / "model_index.json").read_text()) if (path / "model_index.json").exists() else {}
         if index and not index.get("text_encoder", [None])[0]:
