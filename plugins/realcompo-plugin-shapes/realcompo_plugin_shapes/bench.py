@@ -51,8 +51,9 @@ def run_method(rc: Any, mode: str, prompts: list[str], seeds: int, steps: int, g
 
 
 def combined(summary: dict[str, Any]) -> float:
-    """One number for tuning: composition (success, IoU) and realism weighted equally."""
-    return 0.5 * ((summary["success"] or 0) + (summary["mean_iou"] or 0)) / 2 * 2 + 0.5 * summary["realism"]
+    """One number for tuning: composition (mean of success rate and box IoU) and realism, equally."""
+    composition = ((summary["success"] or 0.0) + (summary["mean_iou"] or 0.0)) / 2
+    return 0.5 * composition + 0.5 * summary["realism"]
 
 
 def markdown(rows: dict[str, dict[str, Any]]) -> str:
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scheduler", default="ddim")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="balancer option for RealCompo")
     p.add_argument("--tune", action="store_true", help="grid over scale_factor, t0, attention_resolution on the tuning set")
+    p.add_argument("--scale-factors", default="1e4,1e5,1e6", help="tuning grid: influence step sizes")
+    p.add_argument("--t0-fractions", default="0.2,0.4", help="tuning grid: warm-up as a fraction of the steps")
+    p.add_argument("--resolutions", default="8,16", help="tuning grid: attention map heights")
     p.add_argument("--extra-l2i", metavar="ID", help="also compare this L2I adapter alone and balanced with shapes-sd (e.g. shapes-layout-guidance)")
     args = p.parse_args(argv)
     balance = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -85,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[str, Any]] = {}
     if args.tune:
         prompts = captions("tuning", args.prompts)
-        grid = {"scale_factor": [1e3, 1e4, 1e5], "t0": [0.2, 0.4], "attention_resolution": [8, 16]}
+        grid = {"scale_factor": [float(v) for v in args.scale_factors.split(",")],
+                "t0": [float(v) for v in args.t0_fractions.split(",")],
+                "attention_resolution": [int(v) for v in args.resolutions.split(",")]}
         for values in itertools.product(*grid.values()):
             opts = dict(zip(grid, values))
             opts["t0"] = round(opts["t0"] * args.steps)

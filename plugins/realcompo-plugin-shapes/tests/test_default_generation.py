@@ -12,8 +12,8 @@ import json
 
 import numpy as np
 from PIL import Image
-
 from realcompo_plugin_shapes import evaluate_image
+
 from realcompo_sdk.cli import main
 from realcompo_sdk.images import read_record
 
