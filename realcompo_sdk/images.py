@@ -22,6 +22,9 @@ def write_atomic(path: str | Path, save: Any) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             save(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -90,3 +90,12 @@ def test_interrupted_write_leaves_no_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_atomic(target, explode)
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    target = write_atomic(tmp_path / "f.png", lambda f: f.write(b"x"))
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
