@@ -5,9 +5,10 @@ exact tokenizer whose embeddings the model attends to — never from an LLM's gu
 indices. Rules:
 
 - a phrase is located as a contiguous run of its tokens (multi-token words work);
-- the n-th object with the same phrase gets the n-th occurrence ("a corgi and a corgi"); when the
-  prompt has fewer occurrences than objects ("two corgis" planned as two objects), the last
-  occurrence is shared;
+- each object takes the first occurrence not already taken by an earlier object, so the second
+  "corgi" of "a corgi and a corgi" gets the second occurrence, whether the phrases read "corgi"
+  or "a corgi" and "corgi"; when no occurrence is free ("two corgis" planned as two objects), the
+  last one is shared;
 - a phrase not literally in the prompt falls back to its head noun (last word, singular/plural
   variants), then to its other words from the end (never to articles, numerals or prepositions);
 - otherwise a `TokenAlignmentError` explains the problem, unless `append_missing` is set, in
@@ -63,10 +64,10 @@ def align_phrases(
     text encoder's output that cross-attention attends to.
     """
     prompt_ids = _ids(tokenizer, prompt, special=True)
-    used: dict[str, int] = {}
+    taken: set[int] = set()  # token positions already given to an earlier object
     positions: list[list[int]] = []
     for index, phrase in enumerate(phrases):
-        found = _locate(tokenizer, prompt_ids, phrase, used)
+        found = _locate(tokenizer, prompt_ids, phrase, taken)
         if found is None:
             if not append_missing:
                 raise TokenAlignmentError(
@@ -76,7 +77,7 @@ def align_phrases(
                 )
             prompt = f"{prompt}, {phrase}"
             prompt_ids = _ids(tokenizer, prompt, special=True)
-            found = _locate(tokenizer, prompt_ids, phrase, used)
+            found = _locate(tokenizer, prompt_ids, phrase, taken)
             assert found is not None
         limit = tokenizer.model_max_length - 1  # the last slot holds the end token
         if max(found) >= limit:
@@ -89,7 +90,7 @@ def align_phrases(
     return prompt, positions
 
 
-def _locate(tokenizer: Tokenizer, prompt_ids: list[int], phrase: str, used: dict[str, int]) -> list[int] | None:
+def _locate(tokenizer: Tokenizer, prompt_ids: list[int], phrase: str, taken: set[int]) -> list[int] | None:
     words = phrase.lower().split()
     candidates = [" ".join(words)]
     for word in reversed(words):  # head noun first, then the other words from the end
@@ -99,8 +100,9 @@ def _locate(tokenizer: Tokenizer, prompt_ids: list[int], phrase: str, used: dict
         needle = _ids(tokenizer, candidate, special=False)
         hits = _find_all(prompt_ids, needle)
         if hits:
-            n = used.get(candidate, 0)
-            used[candidate] = n + 1
-            start = hits[min(n, len(hits) - 1)]
-            return list(range(start, start + len(needle)))
+            free = [h for h in hits if taken.isdisjoint(range(h, h + len(needle)))]
+            start = free[0] if free else hits[-1]  # no free occurrence left: share the last one
+            span = list(range(start, start + len(needle)))
+            taken.update(span)
+            return span
     return None

@@ -149,3 +149,11 @@ def test_phrase_reaching_the_end_token_slot_is_an_error() -> None:
 
     with pytest.raises(TokenAlignmentError, match="sits at token 7"):
         align_phrases(tiny_tokenizer(model_max_length=8), "a cat and a dog on the grass", ["the"])
+
+
+def test_different_phrases_do_not_claim_the_same_occurrence():
+    from realcompo_sdk.testing.components import tiny_tokenizer
+    from realcompo_sdk.tokens import align_phrases
+
+    _, positions = align_phrases(tiny_tokenizer(), "a corgi and a corgi", ["a corgi", "corgi"])
+    assert positions == [[1, 2], [5]]
