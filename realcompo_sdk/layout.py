@@ -215,12 +215,10 @@ class LayoutObject(_Frozen):
         assert self.keypoints is not None
         xs = [k.x for k in self.keypoints if k.visible]
         ys = [k.y for k in self.keypoints if k.visible]
-        return Box(
-            x0=max(0.0, min(xs) - keypoint_padding),
-            y0=max(0.0, min(ys) - keypoint_padding),
-            x1=min(1.0, max(xs) + keypoint_padding),
-            y1=min(1.0, max(ys) + keypoint_padding),
-        )
+        pad = max(keypoint_padding, 1e-3)  # a single point (or a line) still needs a non-empty box
+        x0, x1 = max(0.0, min(xs) - pad), min(1.0, max(xs) + pad)
+        y0, y1 = max(0.0, min(ys) - pad), min(1.0, max(ys) + pad)
+        return Box(x0=x0, y0=y0, x1=x1, y1=y1)
 
 
 class Layout(_Frozen):

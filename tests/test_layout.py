@@ -358,3 +358,11 @@ def test_check_layout_rejects_too_many_objects() -> None:
     with pytest.raises(LayoutError, match="adapter 'box-only' takes at most 2 objects; the layout has 3"):
         BoxOnlyAdapter().check_layout(layout)
 
+
+
+def test_single_keypoint_without_padding_still_has_a_box():
+    from realcompo_sdk.layout import Keypoint, LayoutObject
+
+    obj = LayoutObject(phrase="nose", keypoints=[Keypoint(name="nose", x=0.5, y=0.5)])
+    box = obj.bounding_box(keypoint_padding=0)
+    assert box.x0 < 0.5 < box.x1 and box.y0 < 0.5 < box.y1 and box.area < 1e-5
