@@ -46,6 +46,26 @@ def _resolve(kind: str, value: Any, options: dict[str, Any] | None, base: type) 
     return instance
 
 
+def _resolve_l2i(value: Any, options: dict[str, Any] | None, t2i: T2IAdapter) -> L2IAdapter:
+    """An L2I adapter by id or instance. An L2I class may offer `sharing(t2i, **options)` to run
+    on the T2I adapter's own UNet and text encoders (ControlNet on its base model, as in the
+    official keypoint variant); by id, it is used unless the options name another `base`."""
+    from . import registry
+
+    if not isinstance(value, str):
+        return _resolve("l2i", value, options, L2IAdapter)
+    reg = registry.lookup("l2i", value)
+    cls = reg.load_class()
+    merged = {**reg.options, **(options or {})}
+    sharing = getattr(cls, "sharing", None)
+    if callable(sharing) and merged.get("base") in (None, getattr(t2i.options, "model", None)):
+        instance = sharing(t2i, **{k: v for k, v in merged.items() if k != "base"})
+        if getattr(cls, "id", None) != value:
+            instance.registered_id = value
+        return instance
+    return _resolve("l2i", value, options, L2IAdapter)
+
+
 def check_compatible(t2i: DiffusionAdapter, l2is: list[DiffusionAdapter], height: int, width: int) -> None:
     """Raise `IncompatibleAdaptersError` naming both adapters and the differing field."""
     a = t2i.latent_spec
@@ -97,7 +117,7 @@ class RealCompo:
         if not l2i_list:
             raise RealCompoError("RealCompo needs at least one L2I adapter")
         l2i_opts = l2i_options if isinstance(l2i_options, list) else [l2i_options] * len(l2i_list)
-        self.l2i: list[L2IAdapter] = [_resolve("l2i", v, o, L2IAdapter) for v, o in zip(l2i_list, l2i_opts)]
+        self.l2i: list[L2IAdapter] = [_resolve_l2i(v, o, self.t2i) for v, o in zip(l2i_list, l2i_opts)]
         self.planner = None if planner is None else _resolve("planner", planner, planner_options, LayoutPlanner)
         self.balance = balance if isinstance(balance, BalanceOptions) else BalanceOptions(**(balance or {}))
         self.scheduler_name = scheduler

@@ -197,3 +197,20 @@ def test_gligen_grounds_keypoints_by_their_bounding_box_only_when_asked(folders)
     boxes = gligen.prepare(request).extra["gligen"]["boxes"][0, :2]
     expected = torch.tensor([o.bounding_box().as_tuple() for o in layout.objects])
     torch.testing.assert_close(boxes, expected)
+
+
+def test_controlnet_created_by_id_shares_the_t2i_models(folders):
+    rc = RealCompo(t2i="sd", l2i="controlnet-seg", planner=None, num_steps=2, balance=BALANCE,
+                   t2i_options={"model": str(folders["sd"])}, l2i_options={"controlnet": str(folders["cn-sd"])})
+    assert rc.l2i[0].unet is rc.t2i.unet and rc.l2i[0].text_encoder is rc.t2i.text_encoder
+    assert len(rc(layout=mask_layout(), seed=0).images) == 1
+
+
+def test_controlnet_by_id_with_another_base_loads_its_own(folders, tmp_path):
+    from realcompo_sdk.testing.folders import save_tiny_sd_folder
+
+    other = save_tiny_sd_folder(tmp_path / "other-sd", seed=5)
+    rc = RealCompo(t2i="sd", l2i="controlnet-seg", planner=None, num_steps=2,
+                   t2i_options={"model": str(folders["sd"])},
+                   l2i_options={"controlnet": str(folders["cn-sd"]), "base": str(other)})
+    assert rc.l2i[0].unet is not rc.t2i.unet and not rc.l2i[0].shared
