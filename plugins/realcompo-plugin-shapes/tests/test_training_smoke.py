@@ -106,3 +106,18 @@ def test_rerun_resumes_from_finished_checkpoints(trained, capsys) -> None:
     printed = capsys.readouterr().out
     assert all(f"[{stage}] already trained" in printed for stage in ("vae", "unet", "gligen"))
     assert {k: v["steps"] for k, v in again["stages"].items()} == {k: v["steps"] for k, v in first["stages"].items()}
+
+
+def test_gligen_can_train_on_top_of_a_given_t2i_folder(trained, tmp_path) -> None:
+    from diffusers import UNet2DConditionModel
+    from realcompo_plugin_shapes.training.train_all import main
+
+    first, _ = trained
+    out = tmp_path / "gligen-only"
+    log = main(["--out", str(out), "--t2i-from", str(first / "shapes-sd"), *SMOKE_ARGS])
+    assert log["stages"]["vae"]["steps"] == 0 and log["stages"]["unet"]["steps"] == 0
+    assert log["stages"]["gligen"]["steps"] == 2
+    given = UNet2DConditionModel.from_pretrained(first / "shapes-sd", subfolder="unet")
+    saved = UNet2DConditionModel.from_pretrained(out / "shapes-sd", subfolder="unet")
+    for (name, a), b in zip(given.state_dict().items(), saved.state_dict().values()):
+        assert torch.equal(a, b), name  # the T2I model is carried over untouched

@@ -88,6 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--gligen-beta", type=float, default=1.0, help="gligen_scheduled_sampling_beta used by the evaluation"
     )
+    p.add_argument(
+        "--t2i-from",
+        type=Path,
+        default=None,
+        help="a trained shapes-sd folder: reuse its VAE, text encoder and UNet and spend the whole budget on GLIGEN",
+    )
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     args = p.parse_args(argv)
@@ -332,9 +338,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return torch.autocast(device.type, enabled=False)
         return torch.autocast(device.type, dtype=amp_dtype)
 
-    tok_dir = out / "checkpoints" / "tokenizer"
-    write_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    if args.t2i_from is not None:
+        tokenizer = CLIPTokenizer.from_pretrained(args.t2i_from, subfolder="tokenizer")
+    else:
+        tok_dir = out / "checkpoints" / "tokenizer"
+        write_tokenizer(tok_dir)
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     max_len = tokenizer.model_max_length
     ids_np = caption_token_ids(pool.captions, tokenizer, max_len)
     empty_ids = torch.as_tensor(
@@ -355,12 +364,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reserve = min(30.0, 0.05 * args.budget_seconds)  # saving the folders
     remaining = max(args.budget_seconds - (time.perf_counter() - t_start) - reserve, 3.0)
     allot = {s: remaining * f for s, f in zip(STAGES, args.fractions)}
+    if args.t2i_from is not None:  # the T2I stages are loaded, not trained
+        allot = {"vae": 0.0, "unet": 0.0, "gligen": remaining}
     results: dict[str, StageResult] = {}
     ckpt = {s: out / "checkpoints" / f"{s}.pt" for s in STAGES}
 
     # ---------------- stage 1: VAE
     torch.manual_seed(args.seed + 1)
-    vae = AutoencoderKL(**vae_config()).to(device)
+    if args.t2i_from is not None:
+        vae = AutoencoderKL.from_pretrained(args.t2i_from, subfolder="vae", torch_dtype=torch.float32).to(device)
+    else:
+        vae = AutoencoderKL(**vae_config()).to(device)
     vae.train()
     kl_weight = 1e-7
 
@@ -373,10 +387,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         kl = posterior.kl().float().mean()
         return F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * kl
 
-    results["vae"] = train_stage(
-        "vae", list(vae.parameters()), vae_loss, lr=args.lr_vae, allotted=allot["vae"],
-        batch_size=args.vae_batch_size, args=args, ckpt_path=ckpt["vae"], modules={"vae": vae}, log=log,
-    )  # fmt: skip
+    if args.t2i_from is not None:
+        results["vae"] = StageResult("vae", done=True, extra={"loaded_from": args.t2i_from.name})
+    else:
+        results["vae"] = train_stage(
+            "vae", list(vae.parameters()), vae_loss, lr=args.lr_vae, allotted=allot["vae"],
+            batch_size=args.vae_batch_size, args=args, ckpt_path=ckpt["vae"], modules={"vae": vae}, log=log,
+        )  # fmt: skip
     vae.eval().requires_grad_(False)
 
     # Latents of the whole pool (posterior mean and std), and SD's scaling factor 1/std.
@@ -390,16 +407,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lat_mean, lat_std = torch.cat(means), torch.cat(stds)
     probe = lat_mean[:4096].float() + lat_std[:4096].float() * torch.randn_like(lat_mean[:4096].float())
     scaling_factor = float(1.0 / probe.std())
+    if args.t2i_from is not None:  # the loaded UNet was trained with the folder's factor
+        scaling_factor = float(vae.config.scaling_factor)
     vae.register_to_config(scaling_factor=round(scaling_factor, 5))
     results["vae"].extra.update(scaling_factor=scaling_factor, encode_seconds=time.perf_counter() - t_enc)
     print(f"[vae] scaling_factor {scaling_factor:.5f}", flush=True)
 
     # ---------------- stage 2: text encoder + UNet
     torch.manual_seed(args.seed + 2)
-    te = CLIPTextModel(
-        CLIPTextConfig(**text_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, max_len))
-    ).to(device)
-    unet = UNet2DConditionModel(**unet_config()).to(device)
+    if args.t2i_from is not None:
+        te = CLIPTextModel.from_pretrained(args.t2i_from, subfolder="text_encoder", torch_dtype=torch.float32).to(device)
+        unet = UNet2DConditionModel.from_pretrained(args.t2i_from, subfolder="unet", torch_dtype=torch.float32).to(device)
+    else:
+        te = CLIPTextModel(
+            CLIPTextConfig(**text_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, max_len))
+        ).to(device)
+        unet = UNet2DConditionModel(**unet_config()).to(device)
     te.train()
     unet.train()
     sched = DDIMScheduler(**scheduler_config())
@@ -429,11 +452,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
         return (per_sample * min_snr_weight[t]).mean()
 
-    results["unet"] = train_stage(
-        "unet", list(te.parameters()) + list(unet.parameters()), unet_loss, lr=args.lr_unet,
-        allotted=allot["unet"], batch_size=bs, args=args, ckpt_path=ckpt["unet"],
-        modules={"text_encoder": te, "unet": unet}, log=log,
-    )  # fmt: skip
+    if args.t2i_from is not None:
+        results["unet"] = StageResult("unet", done=True, extra={"loaded_from": args.t2i_from.name})
+    else:
+        results["unet"] = train_stage(
+            "unet", list(te.parameters()) + list(unet.parameters()), unet_loss, lr=args.lr_unet,
+            allotted=allot["unet"], batch_size=bs, args=args, ckpt_path=ckpt["unet"],
+            modules={"text_encoder": te, "unet": unet}, log=log,
+        )  # fmt: skip
     te.eval().requires_grad_(False)
     unet.eval().requires_grad_(False)
 
