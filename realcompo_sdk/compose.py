@@ -189,7 +189,8 @@ class RealCompo:
         positions = dict(zip(names, aligned))
 
         request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, layout=layout,
-                                    batch_size=batch_size, height=height, width=width, num_steps=steps)
+                                    batch_size=batch_size, height=height, width=width, num_steps=steps,
+                                    seed=seed)
         device = self.t2i.device
         generators = [torch.Generator(device=device).manual_seed(seed + b) for b in range(batch_size)]
         scheduler = self.t2i.make_scheduler(self.scheduler_name)

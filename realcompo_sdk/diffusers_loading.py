@@ -35,7 +35,7 @@ def describe_folder(path: Path) -> str:
 
 
 def folder_kind(model: str) -> str | None:
-    """'sd', 'sdxl', 'gligen' for a local diffusers folder, None for a hub id."""
+    """'sd', 'sdxl', 'gligen', 'instancediffusion' for a local diffusers folder, None for a hub id."""
     path = Path(model).expanduser()
     if not path.exists():
         return None
@@ -46,6 +46,8 @@ def folder_kind(model: str) -> str | None:
         raise RealCompoError(f"{path} is not a Stable Diffusion model folder (no unet/config.json): it is {describe_folder(path)}")
     if (path / "text_encoder_2").exists():
         return "sdxl"
+    if (path / "instancediffusion.json").exists():  # a gated UNet with InstanceDiffusion's position net
+        return "instancediffusion"
     config = json.loads(unet_config.read_text())
     return "gligen" if config.get("attention_type") == "gated" else "sd"
 

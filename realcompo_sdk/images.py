@@ -50,7 +50,8 @@ def read_record(path: str | Path) -> str | None:
 
 
 def layout_overlay(layout: Layout, image: Any = None, size: int = 512) -> Any:
-    """Boxes (or mask / keypoint outlines' boxes) labelled with their phrases, over `image`."""
+    """Each object's box (for other regions, their bounding box; also the points or the scribble),
+    labelled with its phrase, over `image`."""
     from PIL import Image, ImageDraw
 
     if image is None:
@@ -65,11 +66,12 @@ def layout_overlay(layout: Layout, image: Any = None, size: int = 512) -> Any:
         box = obj.bounding_box()
         xy = (box.x0 * w, box.y0 * h, box.x1 * w - 1, box.y1 * h - 1)
         draw.rectangle(xy, outline=color, width=max(2, w // 170))
-        if obj.keypoints:
-            for k in obj.keypoints:
-                if k.visible:
-                    r = max(2, w // 120)
-                    draw.ellipse((k.x * w - r, k.y * h - r, k.x * w + r, k.y * h + r), fill=color)
+        r = max(2, w // 120)
+        dots = [k for k in obj.keypoints if k.visible] if obj.keypoints else [obj.point] if obj.point else []
+        for k in dots:
+            draw.ellipse((k.x * w - r, k.y * h - r, k.x * w + r, k.y * h + r), fill=color)
+        if obj.scribble:
+            draw.line([(p.x * w, p.y * h) for p in obj.scribble], fill=color, width=r)
         label = f"{i}: {obj.phrase}"
         tx, ty = xy[0] + 3, xy[1] + 2
         text_box = draw.textbbox((tx, ty), label)

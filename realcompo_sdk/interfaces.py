@@ -58,6 +58,9 @@ class GenerationRequest:
     height: int
     width: int
     num_steps: int
+    # Seed of the request (sample b of a batch uses seed + b): adapters that need randomness to
+    # build their conditioning draw it from this, never from the global RNG.
+    seed: int = 0
 
 
 @dataclass(frozen=True)

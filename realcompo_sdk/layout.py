@@ -1,4 +1,5 @@
-"""The public layout model: objects with a phrase and a region (box, mask or keypoints).
+"""The public layout model: objects with a phrase and a region (box, mask, keypoints, point or
+scribble).
 
 Coordinates are normalised to [0, 1] with the origin at the top-left corner, x to the right and
 y downwards, so a layout does not depend on the output resolution. The models are frozen
@@ -22,7 +23,8 @@ COCO18_KEYPOINTS: tuple[str, ...] = (
     "right_eye", "left_eye", "right_ear", "left_ear",
 )  # fmt: skip
 
-RegionKind = Literal["box", "mask", "keypoints"]
+RegionKind = Literal["box", "mask", "keypoints", "point", "scribble"]
+REGION_KINDS: tuple[RegionKind, ...] = ("box", "mask", "keypoints", "point", "scribble")
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -166,6 +168,13 @@ class Keypoint(_Frozen):
         return name
 
 
+class Point(_Frozen):
+    """An unnamed point, normalised to [0, 1]: an instance's location, or one point of a scribble."""
+
+    x: Unit
+    y: Unit
+
+
 class LayoutObject(_Frozen):
     """One object of the layout: a phrase of the prompt and exactly one region."""
 
@@ -173,6 +182,10 @@ class LayoutObject(_Frozen):
     box: Box | None = None
     mask: Mask | None = None
     keypoints: list[Keypoint] | None = None
+    point: Point | None = Field(default=None, description="one point inside the object")
+    scribble: list[Point] | None = Field(
+        default=None, min_length=2, description="a free-hand stroke over the object, as points in drawing order"
+    )
 
     @field_validator("phrase")
     @classmethod
@@ -184,10 +197,10 @@ class LayoutObject(_Frozen):
 
     @model_validator(mode="after")
     def _one_region(self) -> LayoutObject:
-        given = [k for k in ("box", "mask", "keypoints") if getattr(self, k) is not None]
+        given = [k for k in REGION_KINDS if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                f"object {self.phrase!r} needs exactly one region (box, mask or keypoints), "
+                f"object {self.phrase!r} needs exactly one region ({', '.join(REGION_KINDS)}), "
                 f"got {given or 'none'}"
             )
         if self.keypoints is not None:
@@ -200,21 +213,25 @@ class LayoutObject(_Frozen):
 
     @property
     def kind(self) -> RegionKind:
-        if self.box is not None:
-            return "box"
-        if self.mask is not None:
-            return "mask"
-        return "keypoints"
+        return next(k for k in REGION_KINDS if getattr(self, k) is not None)
 
     def bounding_box(self, keypoint_padding: float = 0.05) -> Box:
-        """The box around the region (keypoints: visible points, padded, clipped to [0, 1])."""
+        """The box around the region (keypoints, point, scribble: the points' extent, padded by
+        `keypoint_padding`, clipped to [0, 1])."""
         if self.box is not None:
             return self.box
         if self.mask is not None:
             return self.mask.bounding_box()
-        assert self.keypoints is not None
-        xs = [k.x for k in self.keypoints if k.visible]
-        ys = [k.y for k in self.keypoints if k.visible]
+        points: list[Keypoint] | list[Point]
+        if self.keypoints is not None:
+            points = [k for k in self.keypoints if k.visible]
+        elif self.point is not None:
+            points = [self.point]
+        else:
+            assert self.scribble is not None
+            points = self.scribble
+        xs = [k.x for k in points]
+        ys = [k.y for k in points]
         pad = max(keypoint_padding, 1e-3)  # a single point (or a line) still needs a non-empty box
         x0, x1 = max(0.0, min(xs) - pad), min(1.0, max(xs) + pad)
         y0, y1 = max(0.0, min(ys) - pad), min(1.0, max(ys) + pad)

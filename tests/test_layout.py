@@ -18,6 +18,7 @@ from realcompo_sdk.layout import (
     Layout,
     LayoutObject,
     Mask,
+    Point,
     load_layout,
 )
 
@@ -141,7 +142,7 @@ def test_phrase_whitespace_is_normalised() -> None:
 
 def test_object_without_region_is_rejected() -> None:
     text = error_text(layout_with({"phrase": "a dog"}))
-    assert "objects[1] ('a dog'): object 'a dog' needs exactly one region (box, mask or keypoints), got none" in text
+    assert "objects[1] ('a dog'): object 'a dog' needs exactly one region (box, mask, keypoints, point, scribble), got none" in text
 
 
 def test_object_with_two_regions_is_rejected_naming_both() -> None:
@@ -298,6 +299,40 @@ def test_keypoint_bounding_box_pads_visible_points_and_ignores_hidden_ones() -> 
 def test_keypoint_bounding_box_is_clipped_to_the_image() -> None:
     obj = person(("nose", 0.02, 0.5, True), ("left_ankle", 0.5, 0.99, True))
     assert obj.bounding_box().as_tuple() == pytest.approx((0.0, 0.45, 0.55, 1.0))
+
+
+def test_point_region_has_kind_point_and_a_padded_box() -> None:
+    obj = LayoutObject(phrase="a cat", point=Point(x=0.3, y=0.6))
+    assert obj.kind == "point"
+    assert obj.bounding_box().as_tuple() == pytest.approx((0.25, 0.55, 0.35, 0.65))
+
+
+def test_scribble_region_box_covers_its_points_padded() -> None:
+    obj = LayoutObject(phrase="a cat", scribble=[Point(x=0.2, y=0.5), Point(x=0.6, y=0.4), Point(x=0.5, y=0.9)])
+    assert obj.kind == "scribble"
+    assert obj.bounding_box(keypoint_padding=0.1).as_tuple() == pytest.approx((0.1, 0.3, 0.7, 1.0))
+
+
+def test_scribble_needs_two_points_and_names_the_object() -> None:
+    text = error_text(layout_with({"phrase": "a dog", "scribble": [{"x": 0.5, "y": 0.5}]}))
+    assert "objects[1] ('a dog').scribble" in text and "at least 2" in text
+
+
+def test_point_out_of_range_names_object_and_coordinate() -> None:
+    text = error_text(layout_with({"phrase": "a dog", "point": {"x": 1.5, "y": 0.5}}))
+    assert "objects[1] ('a dog').point.x" in text
+
+
+def test_point_and_box_together_are_two_regions() -> None:
+    text = error_text(layout_with({"phrase": "a dog", "box": BOX, "point": {"x": 0.5, "y": 0.5}}))
+    assert "got ['box', 'point']" in text
+
+
+def test_box_only_adapter_refuses_a_point_object_naming_it() -> None:
+    layout = Layout(prompt="a cat and a dog", objects=[
+        LayoutObject(phrase="a cat", box=Box(**BOX)), LayoutObject(phrase="a dog", point=Point(x=0.5, y=0.5))])
+    with pytest.raises(LayoutError, match=r"object 1 \('a dog'\): its region is point"):
+        BoxOnlyAdapter().check_layout(layout)
 
 
 def test_box_object_bounding_box_is_its_box() -> None:

@@ -147,7 +147,7 @@ class L2IAdapterContract(_AdapterContract):
 
     def moved_layout(self, layout: Layout) -> Layout:
         """The same objects elsewhere (in the top-left corner), each keeping its region kind."""
-        from ..layout import Keypoint, Mask
+        from ..layout import Keypoint, Mask, Point
 
         def moved(o: LayoutObject) -> LayoutObject:
             if o.mask is not None:
@@ -158,13 +158,19 @@ class L2IAdapterContract(_AdapterContract):
             if o.keypoints is not None:
                 return LayoutObject(phrase=o.phrase, keypoints=[
                     Keypoint(name=k.name, x=0.1 + 0.2 * k.x, y=0.2 * k.y, visible=k.visible) for k in o.keypoints])
+            if o.point is not None:
+                return LayoutObject(phrase=o.phrase, point=Point(x=0.15, y=0.1))
+            if o.scribble is not None:
+                return LayoutObject(phrase=o.phrase, scribble=[Point(x=0.1 + 0.2 * p.x, y=0.2 * p.y) for p in o.scribble])
             return LayoutObject(phrase=o.phrase, box=Box(x0=0.1, y0=0.0, x1=0.3, y1=0.2))
 
         return Layout(prompt=layout.prompt, objects=[moved(o) for o in layout.objects])
 
     def test_is_l2i_with_declared_kinds(self, adapter: DiffusionAdapter) -> None:
         assert isinstance(adapter, L2IAdapter)
-        assert adapter.accepted_kinds and adapter.accepted_kinds <= {"box", "mask", "keypoints"}
+        from ..layout import REGION_KINDS
+
+        assert adapter.accepted_kinds and adapter.accepted_kinds <= set(REGION_KINDS)
 
     def test_rejects_too_many_objects(self, adapter: L2IAdapter) -> None:
         from ..errors import LayoutError
@@ -178,11 +184,13 @@ class L2IAdapterContract(_AdapterContract):
 
     def test_rejects_unaccepted_region_kinds(self, adapter: L2IAdapter) -> None:
         from ..errors import LayoutError
-        from ..layout import Keypoint, Mask
+        from ..layout import Keypoint, Mask, Point
 
         objects = {
             "mask": LayoutObject(phrase="cat", mask=Mask(rows=[[0, 1], [1, 1]])),
             "keypoints": LayoutObject(phrase="cat", keypoints=[Keypoint(name="nose", x=0.5, y=0.5)]),
+            "point": LayoutObject(phrase="cat", point=Point(x=0.5, y=0.5)),
+            "scribble": LayoutObject(phrase="cat", scribble=[Point(x=0.2, y=0.2), Point(x=0.6, y=0.7)]),
             "box": LayoutObject(phrase="cat", box=Box(x0=0, y0=0, x1=1, y1=1)),
         }
         rejected = [k for k in objects if k not in adapter.accepted_kinds]

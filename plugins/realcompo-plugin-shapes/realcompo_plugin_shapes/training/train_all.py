@@ -94,6 +94,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a trained shapes-sd folder: reuse its VAE, text encoder and UNet and spend the whole budget on GLIGEN",
     )
+    p.add_argument(
+        "--gligen-init",
+        type=Path,
+        default=None,
+        help="a trained shapes-gligen folder whose fuser layers and position net start the GLIGEN stage (continue training; use with --t2i-from)",
+    )
+    p.add_argument(
+        "--gligen-noise-bias",
+        type=float,
+        default=1.0,
+        help="GLIGEN stage: draw t = 999 * u**(1/k); k=1 is uniform, k=2 makes high-noise steps (where the layout is decided) three times as likely as low-noise ones",
+    )
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     args = p.parse_args(argv)
@@ -430,10 +442,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     snr = alphas_cumprod / (1 - alphas_cumprod)
     min_snr_weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting for epsilon targets
 
-    def noisy_latents(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def noisy_latents(
+        idx: torch.Tensor, noise_bias: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, sd = lat_mean[idx].float(), lat_std[idx].float()
         z0 = (mu + sd * torch.randn_like(mu)) * scaling_factor
-        t = torch.randint(0, 1000, (idx.shape[0],), device=device, generator=gen)
+        if noise_bias == 1.0:
+            t = torch.randint(0, 1000, (idx.shape[0],), device=device, generator=gen)
+        else:
+            u = torch.rand(idx.shape[0], device=device, generator=gen)
+            t = (999.999 * u ** (1.0 / noise_bias)).long()
         noise = torch.randn_like(z0)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         return a.sqrt() * z0 + (1 - a).sqrt() * noise, noise, t
@@ -473,7 +491,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"gated UNet does not extend the T2I UNet: missing {new_keys[:5]}, unexpected {unexpected[:5]}"
         )
     gunet.requires_grad_(False)
-    open_fuser_gates(gunet)
+    if args.gligen_init is not None:
+        load_grounding_layers(gunet, args.gligen_init)
+    else:
+        open_fuser_gates(gunet)
     trainable = [p for n, p in gunet.named_parameters() if ".fuser." in n or n.startswith("position_net.")]
     gunet.train()
     with torch.no_grad():
@@ -484,7 +505,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def gligen_loss(step: int) -> torch.Tensor:
         idx = batch_index()
-        zt, noise, t = noisy_latents(idx)
+        zt, noise, t = noisy_latents(idx, args.gligen_noise_bias)
         b = idx.shape[0]
         pidx = phrase_idx[idx]  # (B, 4), -1 padding
         present = (pidx >= 0).float()
@@ -573,6 +594,27 @@ def open_fuser_gates(gunet: torch.nn.Module, gate: float = 0.5) -> None:
                 layer.weight.zero_()
                 if layer.bias is not None:
                     layer.bias.zero_()
+
+
+@torch.no_grad()
+def load_grounding_layers(gunet: torch.nn.Module, folder: Path) -> None:
+    """Copy the fuser layers and position net of a trained GLIGEN folder into `gunet`."""
+    from safetensors.torch import load_file
+
+    files = sorted((folder / "unet").glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"--gligen-init: no unet/*.safetensors in {folder}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(f))
+    grounding = {k: v.float() for k, v in state.items() if ".fuser." in k or k.startswith("position_net.")}
+    own = {k for k in gunet.state_dict() if ".fuser." in k or k.startswith("position_net.")}
+    if set(grounding) != own:
+        missing, extra = sorted(own - set(grounding)), sorted(set(grounding) - own)
+        raise ValueError(
+            f"--gligen-init: {folder} does not match the Shapes GLIGEN UNet (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
+    gunet.load_state_dict(grounding, strict=False)
 
 
 def count(module: torch.nn.Module) -> int:
