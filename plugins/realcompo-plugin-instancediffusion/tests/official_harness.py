@@ -17,7 +17,8 @@ Set up once::
 What is patched or stubbed (in this process only):
 
 - P1 ``text_grounding_net.convnext_tiny`` is wrapped to ignore ``pretrained=True`` (no download);
-  every weight is re-randomised anyway.
+  every weight is re-randomised anyway. Under ``torch.device("meta")`` it builds the ConvNeXt on
+  CPU and moves it to meta (its ``__init__`` calls ``.item()``, which meta tensors refuse).
 - P2 ``timm`` (only ``timm.models.layers.trunc_normal_/DropPath`` and
   ``timm.models.registry.register_model`` are used) is stubbed while ``convnext.py`` is imported,
   unless timm is installed.
@@ -219,7 +220,7 @@ def _tkinter_stubs() -> dict[str, types.ModuleType]:
 
 def _ensure_src_on_path(src: Path) -> None:
     if str(src) not in sys.path:
-        sys.path.insert(0, str(src))
+        sys.path.append(str(src))  # appended: the checkout must not shadow installed modules
 
 
 def _check_from_checkout(module: types.ModuleType, src: Path) -> None:
@@ -257,6 +258,10 @@ def official() -> types.SimpleNamespace:
     if not getattr(tgn.convnext_tiny, "_harness_no_download", False):
 
         def convnext_tiny_offline(pretrained: bool = False, in_22k: bool = False, **kwargs: Any) -> nn.Module:
+            if torch.empty(0).device.type == "meta":
+                # ConvNeXt.__init__ calls .item() on a linspace, which a meta tensor cannot do.
+                with torch.device("cpu"):
+                    return original(pretrained=False, in_22k=in_22k, **kwargs).to("meta")
             return original(pretrained=False, in_22k=in_22k, **kwargs)
 
         convnext_tiny_offline._harness_no_download = True  # type: ignore[attr-defined]
@@ -431,6 +436,41 @@ def official_tiny_unet(profile: str = "mask", seed: int | None = None) -> nn.Mod
     if seed is not None:
         rerandomize(model, seed)
     return model
+
+
+def official_sd15_config(profile: str = "mask") -> dict[str, Any]:
+    """The official SD1.5-size `model:` block of configs/test_{profile}.yaml (read from the checkout),
+    with use_checkpoint/efficient_attention off (they do not change the state dict)."""
+    import yaml
+
+    src = _require()
+    config = yaml.safe_load((src / "configs" / f"test_{profile}.yaml").read_text())["model"]
+    config["params"].update({"use_checkpoint": False, "efficient_attention": False})
+    return config
+
+
+def official_sd15_key_shapes(profile: str = "mask") -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the full-size official UNetModel state dict, built on the meta device
+    (no memory, no weights). Regenerates realcompo_plugin_instancediffusion/official_sd15_keys.json."""
+    ns = official()
+    with torch.device("meta"):
+        model = ns.ldm_util.instantiate_from_config(official_sd15_config(profile))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def write_official_sd15_keys(path: str | os.PathLike[str], profile: str = "mask") -> Path:
+    """Write the key/shape list in the format of the plugin's official_sd15_keys.json."""
+    import json
+
+    shapes = official_sd15_key_shapes(profile)
+    commit = (checkout_commit() or PINNED_COMMIT)[:7]
+    source = (
+        f"frank-xwang/InstanceDiffusion@{commit} configs/test_{profile}.yaml, UNetModel.state_dict() on the meta device"
+    )
+    rows = ",\n".join(f"  {json.dumps(k)}: {json.dumps(list(v))}" for k, v in shapes.items())
+    path = Path(path)
+    path.write_text(f'{{"source": {json.dumps(source)},\n"shapes": {{\n{rows}\n}}}}\n')
+    return path
 
 
 @torch.no_grad()
@@ -644,7 +684,9 @@ def official_cfg_eps(
 
 def official_diffusion(linear_start: float = 0.00085, linear_end: float = 0.012, timesteps: int = 1000) -> nn.Module:
     """The official diffusion schedule object (configs/test_*.yaml `diffusion:`)."""
-    return official().ldm_diffusion.LatentDiffusion(linear_start=linear_start, linear_end=linear_end, timesteps=timesteps)
+    return official().ldm_diffusion.LatentDiffusion(
+        linear_start=linear_start, linear_end=linear_end, timesteps=timesteps
+    )
 
 
 @torch.no_grad()
@@ -706,7 +748,9 @@ def official_sample(
 
         sampler.p_sample_plms = recording
     try:
-        return sampler.sample(S=steps, shape=tuple(x_T.shape), input=inputs, uc=uncond_context, guidance_scale=guidance_scale)
+        return sampler.sample(
+            S=steps, shape=tuple(x_T.shape), input=inputs, uc=uncond_context, guidance_scale=guidance_scale
+        )
     finally:
         set_fuser_scale(model, 1.0)
 
@@ -776,7 +820,9 @@ def official_reorder_scribbles(points: Sequence[Sequence[float]] | np.ndarray) -
     return np.asarray(official_decode_item().reorder_scribbles(pts), dtype=np.float64).reshape(-1, 2)
 
 
-def official_sample_random_points_from_mask(mask: np.ndarray, k: int = N_SCRIBBLE_POINTS, seed: int | None = None) -> np.ndarray:
+def official_sample_random_points_from_mask(
+    mask: np.ndarray, k: int = N_SCRIBBLE_POINTS, seed: int | None = None
+) -> np.ndarray:
     """decode_item.sample_random_points_from_mask(mask[:, :, None], k) as (k, 2); it draws from the
     global `np.random` (seeded here with `seed` if given)."""
     if seed is not None:
@@ -831,6 +877,8 @@ __all__ = [
     "official_sample",
     "official_sample_random_points_from_mask",
     "official_sample_sparse_points_from_mask",
+    "official_sd15_config",
+    "official_sd15_key_shapes",
     "official_src",
     "official_state_dict",
     "official_tiny_unet",
@@ -843,4 +891,5 @@ __all__ = [
     "set_profile",
     "unavailable_reason",
     "write_fake_official_checkpoint",
+    "write_official_sd15_keys",
 ]

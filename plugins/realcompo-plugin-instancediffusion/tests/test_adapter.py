@@ -199,3 +199,22 @@ def test_realcompo_with_instancediffusion_by_id(folders) -> None:
                    l2i_options={"model": str(folders["id"])}, planner=None, num_steps=2)  # fmt: skip
     result = rc(layout=Layout(prompt=PROMPT, objects=LAYOUTS["point"]), seed=0)
     assert result.images[0].size == (32, 32)
+
+
+def test_cli_generates_alone_from_a_layout_and_from_an_official_json(folders, tmp_path) -> None:
+    import json
+
+    from PIL import Image
+    from realcompo_plugin_instancediffusion.cli import main
+
+    layout = Layout(prompt=PROMPT, objects=LAYOUTS["scribble"])
+    (tmp_path / "layout.json").write_text(layout.model_dump_json())
+    official = {"caption": "a cat and a dog", "width": 512, "height": 512, "annos": [
+        {"caption": "cat", "bbox": [10, 100, 200, 300], "mask": [], "category_name": ""},
+        {"caption": "dog", "bbox": [260, 100, 200, 300], "mask": [], "category_name": ""}]}  # fmt: skip
+    (tmp_path / "official.json").write_text(json.dumps(official))
+    for name in ("layout", "official"):
+        out = tmp_path / f"{name}.png"
+        args = ["generate", str(tmp_path / f"{name}.json"), "--model", str(folders["id"]), "--steps", "2", "--mis", "0.5", "-o", str(out)]
+        assert main(args) == 0
+        assert Image.open(out).size == (32, 32)

@@ -106,7 +106,9 @@ def diff(name: str, ours_t: Any, ref_t: Any) -> float:
 def for_ours(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Harness input dict → our position net's keyword arguments."""
     out = {k: v for k, v in inputs.items() if k != "text_embeddings"}
-    out["positive_embeddings"] = inputs["text_embeddings"] if "text_embeddings" in inputs else inputs["positive_embeddings"]
+    out["positive_embeddings"] = (
+        inputs["text_embeddings"] if "text_embeddings" in inputs else inputs["positive_embeddings"]
+    )
     return out
 
 
@@ -170,7 +172,9 @@ def _tiny_case(profile: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, 
     return x, torch.tensor(ts), ctx, inputs
 
 
-def _our_eps(model: Any, x: torch.Tensor, t: Any, ctx: torch.Tensor, objs: torch.Tensor, grounding: bool = True) -> torch.Tensor:
+def _our_eps(
+    model: Any, x: torch.Tensor, t: Any, ctx: torch.Tensor, objs: torch.Tensor, grounding: bool = True
+) -> torch.Tensor:
     unet_mod = ours("unet")
     unet_mod.set_grounding(model, grounding)
     try:
@@ -237,7 +241,29 @@ def test_t2_null_input_tokens(tiny):
     for profile in H.PROFILES:
         H.set_profile(official, profile)
         null = H.null_grounding_inputs(2, D_TINY)
-        assert diff(f"T2 objs tiny null {profile}", _our_objs(model, null, profile), H.official_objs(official, null)) <= OBJS_TOL
+        assert (
+            diff(f"T2 objs tiny null {profile}", _our_objs(model, null, profile), H.official_objs(official, null))
+            <= OBJS_TOL
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# T3 (key list): the shipped official key/shape list is the official model's
+
+
+def test_t3_shipped_key_list_is_the_official_models():
+    """convert.official_sd15_key_shapes() (shipped JSON) == the official SD1.5-size UNetModel's
+    state dict built on the meta device; it maps onto our UNet with the §1.1 parameter counts."""
+    convert = ours("convert")
+    official_shapes = H.official_sd15_key_shapes("mask")
+    assert list(convert.official_sd15_key_shapes().items()) == list(official_shapes.items())
+    report = convert.shapes_only_report(official_shapes)
+    assert report["parameters"] == {
+        "fusers": 208_018_272,
+        "position_net": 160_782_669,
+        "scaleu": 11_532,
+        "total": 1_228_333_437,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -383,7 +409,9 @@ def _our_sample(model: Any, case: dict[str, Any], mis: float, alpha: float, **sc
     sampler = ours("sampler")
     scheduler = PNDMScheduler(num_train_timesteps=1000, **{**SCHEDULER_KWARGS, **scheduler_overrides})
     cond = sampler.Conditioning(context=case["context"], objs=_our_objs(model, case["inputs"], "mask"))
-    uncond = sampler.Conditioning(context=case["uncond"], objs=_our_objs(model, H.null_grounding_inputs(1, D_TINY), "mask"))
+    uncond = sampler.Conditioning(
+        context=case["uncond"], objs=_our_objs(model, H.null_grounding_inputs(1, D_TINY), "mask")
+    )
     instance_conds = [sampler.Conditioning(context=c, objs=_our_objs(model, gi, "mask")) for c, gi in case["instances"]]
     steps: list[torch.Tensor] = []
     final = sampler.sample_instancediffusion(
@@ -412,7 +440,9 @@ def test_t7_sampler_end_to_end(tiny, sampler_case, official_runs, mis, alpha):
     got_steps = got_calls[1:]
     assert len(got_steps) == len(ref_steps) == 10
     first = diff(f"T7 first step mis={mis} alpha={alpha}", got_steps[0], ref_steps[0])
-    worst = max(diff(f"T7 step {i} mis={mis} alpha={alpha}", a, b) for i, (a, b) in enumerate(zip(got_steps, ref_steps)))
+    worst = max(
+        diff(f"T7 step {i} mis={mis} alpha={alpha}", a, b) for i, (a, b) in enumerate(zip(got_steps, ref_steps))
+    )
     final = diff(f"T7 final mis={mis} alpha={alpha}", got_final, ref_final)
     assert first <= LATENT_TOL
     assert worst <= LATENT_TOL
@@ -617,7 +647,9 @@ def test_t10_spatial_flatten_instead_of_raw_reshape_fails_t2(tiny, t2_tiny_input
 
     def spatial_tokens(module, args, out):
         b, c, h, w = out.shape  # (B, 768, 16, 16) → tokens = 2×2 patches on an 8×8 grid
-        tokens = out.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
+        tokens = (
+            out.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), 4 * c)
+        )
         return tokens.permute(0, 2, 1).reshape(b, c, h, w)  # so that the raw reshape yields `tokens`
 
     handle = model.position_net.convnext_tiny_backbone.register_forward_hook(spatial_tokens)
@@ -709,3 +741,32 @@ def test_t10_fewer_than_30_slots_fails_t4(tiny):
     keep = [g * 30 + i for g in range(4) for i in range(10)] + list(range(120, 184))
     got = _our_eps(model, x, t, ctx, objs[:, keep])
     assert diff("T10 padding to 10 slots", got, reference) > EPS_TOL
+
+
+def test_t10_sampler_comparison_sees_schedule_and_mis_conditioning(tiny, sampler_case, official_runs):
+    """T7 is not blind to the grounding schedule (one step too many with fusers on) nor to the
+    MIS conditioning (instance trajectories run on the full prompt instead of each instance)."""
+    _, model, _ = tiny
+    ref_alpha, _ = official_runs(0.0, 0.6)
+    got, _ = _our_sample(model, sampler_case, 0.0, 0.7)
+    assert diff("T10 grounding 7 steps instead of 6", got, ref_alpha) > LATENT_TOL
+    ref_mis, _ = official_runs(0.3, 1.0)
+    full_only = dict(sampler_case, instances=[(sampler_case["context"], sampler_case["inputs"])] * 2)
+    got, _ = _our_sample(model, full_only, 0.3, 1.0)
+    assert diff("T10 MIS without instance conditioning", got, ref_mis) > LATENT_TOL
+
+
+def test_fake_official_checkpoint_converts_and_matches(tiny, tmp_path):
+    """The official-format pickle ({"model", "ema", "config_dict": vars(OmegaConf)}) goes through our
+    weights-only loader and converter and gives the same eps as the official model (T9 + T4)."""
+    pytest.importorskip("omegaconf", reason="pip install omegaconf to write the fake official checkpoint")
+    official, _, config = tiny
+    unet_mod, convert = ours("unet"), ours("convert")
+    path = H.write_fake_official_checkpoint(tmp_path / "instancediffusion_tiny.pth", official)
+    raw = convert.load_training_checkpoint(path)
+    state = convert.convert_official_state_dict(convert.pick_state_dict(raw, "ema"), config)
+    model = unet_mod.build_instdiff_unet(config, {"mid_dim": H.TINY_POSITION_NET["mid_dim"]})
+    model.load_state_dict(state, strict=True)
+    reference, (x, t, ctx, inputs) = _t4_reference(official, "box")
+    got = _our_eps(model.eval(), x, t, ctx, _our_objs(model, inputs, "box"))
+    assert diff("T9 fake checkpoint eps", got, reference) <= EPS_TOL

@@ -121,3 +121,38 @@ def test_gligen_can_train_on_top_of_a_given_t2i_folder(trained, tmp_path) -> Non
     saved = UNet2DConditionModel.from_pretrained(out / "shapes-sd", subfolder="unet")
     for (name, a), b in zip(given.state_dict().items(), saved.state_dict().values()):
         assert torch.equal(a, b), name  # the T2I model is carried over untouched
+
+
+def test_gligen_training_continues_from_a_gligen_folder_with_x0_weighting(trained, tmp_path) -> None:
+    from realcompo_plugin_shapes.training.train_all import main
+    from safetensors.torch import load_file
+
+    first, _ = trained
+    out = tmp_path / "continued"
+    start = load_file(first / "shapes-gligen" / "unet" / "diffusion_pytorch_model.safetensors")
+    gates = [k for k in start if k.endswith("alpha_attn")]
+    with torch.no_grad():  # mark the given folder's gates, to see them loaded
+        marked = {k: (torch.full_like(v, 0.123) if k in gates else v) for k, v in start.items()}
+    folder = tmp_path / "given-gligen"
+    import shutil
+
+    shutil.copytree(first / "shapes-gligen", folder)
+    from safetensors.torch import save_file
+
+    save_file(marked, folder / "unet" / "diffusion_pytorch_model.safetensors")
+    args = ["--out", str(out), "--t2i-from", str(first / "shapes-sd"), "--gligen-init", str(folder),
+            "--gligen-loss-weight", "x0", "--gligen-noise-bias", "2", *SMOKE_ARGS]  # fmt: skip
+    args[args.index("--max-steps") + 1] = "1"
+    log = main(args)
+    assert log["stages"]["gligen"]["steps"] == 1
+    saved = load_file(out / "shapes-gligen" / "unet" / "diffusion_pytorch_model.safetensors")
+    # one small step from 0.123 (not from the fresh open-gate value 0.5)
+    assert all(abs(float(saved[k].float()) - 0.123) < 0.05 for k in gates)
+
+
+def test_gligen_init_refuses_a_folder_without_grounding_layers(trained, tmp_path) -> None:
+    from realcompo_plugin_shapes.training.train_all import main
+
+    first, _ = trained
+    with pytest.raises(ValueError, match="does not match the Shapes GLIGEN UNet"):
+        main(["--out", str(tmp_path / "x"), "--t2i-from", str(first / "shapes-sd"), "--gligen-init", str(first / "shapes-sd"), *SMOKE_ARGS])

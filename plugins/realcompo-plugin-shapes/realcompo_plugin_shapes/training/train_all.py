@@ -106,6 +106,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="GLIGEN stage: draw t = 999 * u**(1/k); k=1 is uniform, k=2 makes high-noise steps (where the layout is decided) three times as likely as low-noise ones",
     )
+    p.add_argument(
+        "--gligen-loss-weight",
+        choices=["min-snr", "x0"],
+        default="min-snr",
+        help="GLIGEN stage loss weighting: min-snr (as the UNet stage) or x0 = the error of the predicted clean latent, "
+        "capped at --x0-weight-cap; x0 weighs the high-noise steps, where the layout is decided and an epsilon loss barely "
+        "notices it",
+    )
+    p.add_argument("--x0-weight-cap", type=float, default=20.0)
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     args = p.parse_args(argv)
@@ -441,6 +450,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     alphas_cumprod = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
     snr = alphas_cumprod / (1 - alphas_cumprod)
     min_snr_weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting for epsilon targets
+    # |x0 error|² = |eps error|² / snr: weighting the epsilon loss by 1/snr (capped) trains on x0.
+    x0_weight = torch.clamp(1.0 / snr, max=args.x0_weight_cap)
 
     def noisy_latents(
         idx: torch.Tensor, noise_bias: float = 1.0
@@ -524,7 +535,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 cross_attention_kwargs={"gligen": {"boxes": g_boxes, "positive_embeddings": g_emb, "masks": g_masks}},
             ).sample  # fmt: skip
         per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
-        return (per_sample * min_snr_weight[t]).mean()
+        weight = x0_weight if args.gligen_loss_weight == "x0" else min_snr_weight
+        return (per_sample * weight[t]).mean()
 
     results["gligen"] = train_stage(
         "gligen", trainable, gligen_loss, lr=args.lr_gligen, allotted=allot["gligen"],
