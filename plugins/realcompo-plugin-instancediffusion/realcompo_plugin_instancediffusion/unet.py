@@ -9,7 +9,7 @@ Folder format written by the converter (and the test kit):
     FOLDER/instancediffusion.json   position-net config + conversion record
     FOLDER/unet/config.json         the diffusers config (attention_type "gated")
     FOLDER/unet/diffusion_pytorch_model.safetensors   every UNet tensor, including
-                                    `position_net.*` and `instdiff_scaleu.scaleu_{b,s}_{k}`
+                                    `position_net.*` (float32) and `instdiff_scaleu.scaleu_{b,s}_{k}`
     FOLDER/{vae,text_encoder,tokenizer,scheduler}/    optional: SD1.5's, copied by the converter
 """
 
@@ -114,9 +114,12 @@ def load_instdiff_unet(folder: str | Path, dtype: torch.dtype = torch.float32) -
     state = load_file(folder / "unet" / WEIGHTS_FILE)
     unet.load_state_dict(state, strict=True, assign=True)
     unet.instdiff_scaleu.attach(unet)
+    # Everything in `dtype` but the position net, which stays as stored (float32 for sin/cos of
+    # coordinates × 100; it runs once per request).
+    position_net = unet.position_net
+    unet.position_net = None
     unet = unet.to(dtype)
-    # The position net runs once per request; keep it in float32 (sin/cos of coordinates × 100).
-    unet.position_net.float()
+    unet.position_net = position_net.float()
     return unet.eval().requires_grad_(False)
 
 
@@ -129,6 +132,11 @@ def save_instdiff_unet(unet: Any, folder: str | Path, metadata: dict[str, Any], 
     config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
     config["_class_name"] = "UNet2DConditionModel"
     (folder / "unet" / "config.json").write_text(json.dumps(config, indent=2, default=list))
-    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous() for k, v in unet.state_dict().items()}
+    def stored(key: str, value: torch.Tensor) -> torch.Tensor:
+        keep = dtype is None or not value.is_floating_point() or key.startswith("position_net.")
+        return (value if keep else value.to(dtype)).contiguous()
+
+    # `dtype` (fp16 from the converter) for the UNet; the position net keeps full precision.
+    state = {k: stored(k, v) for k, v in unet.state_dict().items()}
     save_file(state, folder / "unet" / WEIGHTS_FILE, metadata={"format": "pt"})
     (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2))

@@ -190,3 +190,17 @@ def test_a_real_omegaconf_config_loads_without_importing_omegaconf(tmp_path) -> 
     torch.save({"ema": official, "config_dict": vars(config)}, path)  # as the official save_config
     checkpoint = load_training_checkpoint(path)
     assert set(pick_state_dict(checkpoint)) == set(official)
+
+
+def test_half_precision_folder_keeps_the_position_net_in_float32(tmp_path, fake_omegaconf) -> None:
+    from safetensors.torch import load_file
+
+    path = tmp_path / "tiny.pth"
+    write_fake_official(path, fake_omegaconf)
+    convert_checkpoint(path, tmp_path / "out", log=lambda *a: None,
+                       unet_config=TINY_UNET_CONFIG, position_net_config=TINY_POSITION_NET_CONFIG)  # fmt: skip
+    stored = load_file(tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {v.dtype for k, v in stored.items() if k.startswith("position_net.")} == {torch.float32}
+    assert {v.dtype for k, v in stored.items() if not k.startswith("position_net.")} == {torch.float16}
+    unet = load_instdiff_unet(tmp_path / "out", torch.float16)
+    assert unet.position_net.null_seg_feature.dtype == torch.float32 and unet.conv_in.weight.dtype == torch.float16
