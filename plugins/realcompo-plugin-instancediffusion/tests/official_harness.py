@@ -8,11 +8,11 @@ CPU, offline, is done here in-process with monkeypatches and ``sys.modules`` stu
 
 Set up once::
 
-    git clone https://github.com/frank-xwang/InstanceDiffusion /tmp/instdiff-official
-    git -C /tmp/instdiff-official checkout 722900ef03e3579fb693e65a1550333a4a162581
+    git clone https://github.com/frank-xwang/InstanceDiffusion ~/src/InstanceDiffusion
+    git -C ~/src/InstanceDiffusion checkout 722900ef03e3579fb693e65a1550333a4a162581
     pip install einops omegaconf               # model, sampler, fake checkpoint
     pip install scikit-image pycocotools       # preprocessing (dataset/decode_item.py)
-    export INSTDIFF_OFFICIAL_SRC=/tmp/instdiff-official
+    export INSTDIFF_OFFICIAL_SRC=~/src/InstanceDiffusion
 
 What is patched or stubbed (in this process only):
 
@@ -107,8 +107,8 @@ def unavailable_reason(*dep_groups: Mapping[str, str]) -> str | None:
         return (
             f"official InstanceDiffusion parity tests are off: set {ENV_VAR} to a checkout of "
             f"frank-xwang/InstanceDiffusion (commit {PINNED_COMMIT[:7]}), e.g. "
-            f"`git clone https://github.com/frank-xwang/InstanceDiffusion /tmp/instdiff-official && "
-            f"export {ENV_VAR}=/tmp/instdiff-official`, and `pip install einops omegaconf scikit-image pycocotools`"
+            f"`git clone https://github.com/frank-xwang/InstanceDiffusion ~/src/InstanceDiffusion && "
+            f"export {ENV_VAR}=~/src/InstanceDiffusion`, and `pip install einops omegaconf scikit-image pycocotools`"
         )
     marker = src / "ldm" / "modules" / "diffusionmodules" / "text_grounding_net.py"
     if not marker.is_file():

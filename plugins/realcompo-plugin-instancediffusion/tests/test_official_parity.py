@@ -5,7 +5,7 @@ Skipped unless INSTDIFF_OFFICIAL_SRC points at a checkout of frank-xwang/Instanc
 set-up and for everything that is patched to run it on CPU. The official code is only imported
 at test time, never copied into this repository.
 
-    OMP_NUM_THREADS=1 INSTDIFF_OFFICIAL_SRC=/tmp/instdiff-official \\
+    OMP_NUM_THREADS=1 INSTDIFF_OFFICIAL_SRC=~/src/InstanceDiffusion \\
         pytest plugins/realcompo-plugin-instancediffusion/tests/test_official_parity.py
 
 Every comparison prints max abs / max rel difference and the worst index (`pytest -s` shows
