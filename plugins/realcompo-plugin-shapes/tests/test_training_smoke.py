@@ -156,3 +156,28 @@ def test_gligen_init_refuses_a_folder_without_grounding_layers(trained, tmp_path
     first, _ = trained
     with pytest.raises(ValueError, match="does not match the Shapes GLIGEN UNet"):
         main(["--out", str(tmp_path / "x"), "--t2i-from", str(first / "shapes-sd"), "--gligen-init", str(first / "shapes-sd"), *SMOKE_ARGS])
+
+
+def test_grounding_check_sees_no_box_effect_when_the_gates_are_closed(trained, tmp_path) -> None:
+    import shutil
+
+    from realcompo_plugin_shapes.training.grounding_check import grounding_losses
+    from safetensors.torch import load_file, save_file
+
+    first, _ = trained
+    folder = tmp_path / "closed"
+    shutil.copytree(first / "shapes-gligen", folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    save_file({k: (torch.zeros_like(v) if k.endswith(("alpha_attn", "alpha_dense")) else v) for k, v in state.items()}, weights)
+    closed = grounding_losses(folder, scenes=4)
+    assert all(v["true"] == v["mirrored"] == v["none"] for v in closed.values())
+    # Open gates, and random position net and fuser outputs (training starts the fusers' output
+    # layers at zero): mirroring the boxes must now change the losses.
+    generator = torch.Generator().manual_seed(0)
+    randomised = ("position_net.linears", ".fuser.attn.to_out", ".fuser.ff.net.2")
+    save_file({k: (torch.full_like(v, 1.0) if k.endswith(("alpha_attn", "alpha_dense"))
+                   else torch.randn(v.shape, generator=generator).to(v.dtype) * 0.3 if any(r in k for r in randomised)
+                   else v) for k, v in state.items()}, weights)  # fmt: skip
+    opened = grounding_losses(folder, scenes=4)
+    assert any(abs(v["true"] - v["mirrored"]) > 1e-6 for v in opened.values())
