@@ -40,7 +40,7 @@ OFFICIAL_NEGATIVE_PROMPT = (
 
 
 class InstanceDiffusionOptions(TorchModelOptions):
-    model: str = Field(description="a folder written by `realcompo-instancediffusion convert`")
+    model: str | None = Field(None, description="a folder written by `realcompo-instancediffusion convert` (required)")
     base: str = Field(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
         description="SD1.5 folder or hub id for the VAE, text encoder, tokenizer and scheduler, when `model` has none",
@@ -66,6 +66,13 @@ class InstanceDiffusionAdapter(UNetAdapter, L2IAdapter):
     def __init__(self, **options: object) -> None:
         super().__init__(**options)
         opts = self.options
+        if opts.model is None:
+            raise RealCompoError(
+                "instancediffusion needs model=<folder converted from the official checkpoint>: download "
+                "instancediffusion_sd15.pth (Hugging Face xudongw/InstanceDiffusion), run "
+                "`realcompo-instancediffusion convert instancediffusion_sd15.pth OUT_DIR --sd15 stable-diffusion-v1-5/stable-diffusion-v1-5`, "
+                "then pass model=OUT_DIR (CLI: --l2i-option model=OUT_DIR)."
+            )
         path = check_model_reference(opts.model)
         if not path.is_dir() or not is_instdiff_folder(path):
             found = describe_folder(path) if path.is_dir() else "not a local folder"

@@ -218,3 +218,8 @@ def test_cli_generates_alone_from_a_layout_and_from_an_official_json(folders, tm
         args = ["generate", str(tmp_path / f"{name}.json"), "--model", str(folders["id"]), "--steps", "2", "--mis", "0.5", "-o", str(out)]
         assert main(args) == 0
         assert Image.open(out).size == (32, 32)
+
+
+def test_missing_model_option_says_how_to_get_one() -> None:
+    with pytest.raises(RealCompoError, match="realcompo-instancediffusion convert .*--l2i-option model=OUT_DIR"):
+        InstanceDiffusionAdapter()
