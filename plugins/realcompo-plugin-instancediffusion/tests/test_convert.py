@@ -204,3 +204,42 @@ def test_half_precision_folder_keeps_the_position_net_in_float32(tmp_path, fake_
     assert {v.dtype for k, v in stored.items() if not k.startswith("position_net.")} == {torch.float16}
     unet = load_instdiff_unet(tmp_path / "out", torch.float16)
     assert unet.position_net.null_seg_feature.dtype == torch.float32 and unet.conv_in.weight.dtype == torch.float16
+
+
+def save_sd15_like_folder(path, instdiff_state: dict[str, torch.Tensor], *, change: str | None = None):
+    """A plain SD folder whose UNet is the base (no fusers) of a tiny InstanceDiffusion UNet."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    from realcompo_sdk.testing.components import tiny_sd_components
+
+    config = {k: v for k, v in TINY_UNET_CONFIG.items() if k != "attention_type"}
+    unet = UNet2DConditionModel(**config)
+    base = {k: v for k, v in instdiff_state.items() if ".fuser." not in k and not k.startswith(("position_net.", "instdiff_scaleu."))}
+    unet.load_state_dict(base, strict=True)
+    if change is not None:
+        with torch.no_grad():
+            unet.get_parameter(change).add_(1.0)
+    parts = tiny_sd_components(0)
+    parts["unet"] = unet
+    StableDiffusionPipeline(**parts, requires_safety_checker=False).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("change", [None, "conv_in.weight", "mid_block.resnets.0.conv1.weight"])
+def test_sd15_check_and_copied_components(tmp_path, fake_omegaconf, change) -> None:
+    from realcompo_plugin_instancediffusion.adapter import InstanceDiffusionAdapter
+
+    path = tmp_path / "tiny.pth"
+    state = write_fake_official(path, fake_omegaconf, seed=2)
+    sd15 = save_sd15_like_folder(tmp_path / "sd15", state, change=change)
+    out = tmp_path / "out"
+    record = convert_checkpoint(path, out, sd15=str(sd15), dtype=torch.float32, log=lambda *a: None,
+                                unet_config=TINY_UNET_CONFIG, position_net_config=TINY_POSITION_NET_CONFIG)  # fmt: skip
+    check = record["sd15_check"]
+    assert check["base_matches_sd15"] == (change is None)
+    assert check["conv_in_matches_sd15"] == (change != "conv_in.weight")
+    assert check["differing_tensors"] == ([] if change is None else [change])
+    assert json.loads((out / "instancediffusion.json").read_text())["sd15_check"] == check
+    # VAE, text encoder, tokenizer and scheduler were copied: the folder loads without `base`
+    adapter = InstanceDiffusionAdapter(model=str(out), base="not/used")
+    assert adapter.make_scheduler().__class__.__name__ == "PNDMScheduler"
