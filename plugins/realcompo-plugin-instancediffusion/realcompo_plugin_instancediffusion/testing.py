@@ -81,52 +81,19 @@ def save_tiny_instdiff_folder(path: str | Path, *, seed: int = 0) -> Path:
     return path
 
 
-_RESNET_NAMES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-
-
 def official_names(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Our UNet state dict renamed to the official (LDM) names: the inverse of the converter's
-    map, written from the LDM UNet layout, so tests can fabricate official checkpoints of any size
-    (a full-size test checks it against the recorded official key list)."""
-    per_down = config["layers_per_block"] + 1  # resnets (+ attentions) and one downsampler
-    per_up = config["layers_per_block"] + 1
+    """Our UNet state dict renamed to the official (LDM) names — the inverse of the converter's
+    map — so tests can fabricate official checkpoints of any size (a full-size test checks the
+    names against the recorded official key list). Fuser keys live inside the attention blocks
+    and keep their inner names, as in the official checkpoint."""
+    from realcompo_sdk.testing.single_file import unet_key_to_ldm
+
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] == "instdiff_scaleu":
-            name = parts[1]
-        elif parts[0] == "position_net":
-            name = key
-        elif parts[0] in ("time_embedding",):
-            name = {"linear_1": "time_embed.0", "linear_2": "time_embed.2"}[parts[1]] + "." + parts[2]
-        elif parts[0] in ("conv_in", "conv_norm_out", "conv_out"):
-            name = {"conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}[parts[0]] + "." + parts[1]
-        elif parts[0] == "down_blocks":
-            b, kind = int(parts[1]), parts[2]
-            if kind == "downsamplers":
-                name = f"input_blocks.{(b + 1) * per_down}.0.op." + ".".join(parts[5:])
-            else:
-                index = b * per_down + int(parts[3]) + 1
-                name = f"input_blocks.{index}.{0 if kind == 'resnets' else 1}." + _inner(kind, parts[4:])
-        elif parts[0] == "mid_block":
-            index = {"resnets": 2 * int(parts[2]), "attentions": 1}[parts[1]]
-            name = f"middle_block.{index}." + _inner(parts[1], parts[3:])
-        elif parts[0] == "up_blocks":
-            b, kind = int(parts[1]), parts[2]
-            if kind == "upsamplers":
-                has_attention = config["up_block_types"][b].startswith("CrossAttn")
-                name = f"output_blocks.{b * per_up + per_up - 1}.{2 if has_attention else 1}.conv." + parts[-1]
-            else:
-                index = b * per_up + int(parts[3])
-                name = f"output_blocks.{index}.{0 if kind == 'resnets' else 1}." + _inner(kind, parts[4:])
+        if key.startswith("instdiff_scaleu."):
+            out[key.removeprefix("instdiff_scaleu.")] = value
+        elif key.startswith("position_net."):
+            out[key] = value
         else:
-            raise KeyError(f"no official name for {key}")
-        out[name] = value
+            out[unet_key_to_ldm(key, config)] = value
     return out
-
-
-def _inner(kind: str, rest: list[str]) -> str:
-    if kind == "resnets":
-        return _RESNET_NAMES[rest[0]] + "." + ".".join(rest[1:])
-    return ".".join(rest)
