@@ -142,3 +142,44 @@ def save_tiny_single_file(folder: str | Path, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(ldm_state_dict(folder), str(path))
     return path
+
+
+CONTROLNET_PREFIX = "control_model."
+
+
+def controlnet_key_to_ldm(key: str, config: dict[str, Any]) -> str:
+    """A diffusers ControlNet weight → its name in an original ControlNet checkpoint.
+
+    The encoder is named as the UNet's; the zero convolutions are `zero_convs.{i}.0` and
+    `middle_block_out.0`; the conditioning embedding is `input_hint_block.{0, 2, 4, ..., 14}`
+    (convolutions between SiLUs; the last one is always index 14, as diffusers' converter reads it).
+    """
+    if m := re.fullmatch(r"controlnet_down_blocks\.(\d+)\.(.+)", key):
+        return f"zero_convs.{m[1]}.0.{m[2]}"
+    if m := re.fullmatch(r"controlnet_mid_block\.(.+)", key):
+        return f"middle_block_out.0.{m[1]}"
+    if m := re.fullmatch(r"controlnet_cond_embedding\.conv_in\.(.+)", key):
+        return f"input_hint_block.0.{m[1]}"
+    if m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d+)\.(.+)", key):
+        index = 2 * int(m[1]) + 2
+        if index >= 14:
+            raise ValueError("an original ControlNet checkpoint holds at most 6 conditioning-embedding blocks")
+        return f"input_hint_block.{index}.{m[2]}"
+    if m := re.fullmatch(r"controlnet_cond_embedding\.conv_out\.(.+)", key):
+        return f"input_hint_block.14.{m[1]}"
+    return unet_key_to_ldm(key, config)
+
+
+def save_tiny_controlnet_single_file(folder: str | Path, path: str | Path) -> Path:
+    """Write a diffusers ControlNet folder (e.g. from `save_tiny_controlnet_folder`) as one
+    original-format `.safetensors` file (`control_model.*`). Load it back with
+    `ControlNetModel.from_single_file(path, config=folder)`."""
+    from safetensors.torch import load_file, save_file
+
+    folder, path = Path(folder), Path(path)
+    config = json.loads((folder / "config.json").read_text())
+    state = {CONTROLNET_PREFIX + controlnet_key_to_ldm(k, config): v.contiguous()
+             for k, v in load_file(folder / "diffusion_pytorch_model.safetensors").items()}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path

@@ -75,7 +75,14 @@ def load_controlnet(source: str, dtype: torch.dtype, *, adapter_id: str, variant
         if path.suffix == ".ckpt":
             raise RealCompoError(f"{path.name}: .ckpt files are pickles that can run code; convert it to .safetensors first")
         kwargs = {"config": single_file_config} if single_file_config else {}
-        return ControlNetModel.from_single_file(str(path), torch_dtype=dtype, **kwargs)
+        try:
+            return ControlNetModel.from_single_file(str(path), torch_dtype=dtype, **kwargs)
+        except (OSError, ValueError, RuntimeError) as exc:
+            hint = ("" if single_file_config else
+                    " A single-file ControlNet carries no config: diffusers guesses one from the weights and fetches "
+                    "it from the hub. Offline, or for a ControlNet of another shape, pass single_file_config=<a diffusers "
+                    "ControlNet folder or hub id of the same architecture>.")
+            raise RealCompoError(f"adapter {adapter_id!r}: could not load the single-file ControlNet {path.name}: {exc}.{hint}") from exc
     if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") != 1):
         raise RealCompoError(f"adapter {adapter_id!r}: ControlNet {source!r} is neither an existing folder nor a hub id of the form 'owner/name'")
     if path.exists():

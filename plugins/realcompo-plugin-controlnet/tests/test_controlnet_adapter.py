@@ -269,3 +269,22 @@ def test_options_are_checked_before_anything_loads():
         ControlNetOpenPoseAdapter(controlnet="a/b", conditioning_scale=-1.0)
     with pytest.raises(LayoutError, match="not an ADE20K class"):
         ControlNetSegAdapter(controlnet="does/not-exist", classes={"corgi": "doggo"})
+
+
+def test_single_file_controlnet_equals_its_folder(folders, tmp_path):
+    from realcompo_sdk.testing.single_file import save_tiny_controlnet_single_file
+
+    single = save_tiny_controlnet_single_file(folders["cn-sd"], tmp_path / "cn.safetensors")
+    from_folder = ControlNetSegAdapter(controlnet=str(folders["cn-sd"]), base=str(folders["sd"]))
+    from_file = ControlNetSegAdapter(controlnet=str(single), base=str(folders["sd"]), single_file_config=str(folders["cn-sd"]))
+    a, b = from_folder.controlnet.state_dict(), from_file.controlnet.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_single_file_controlnet_without_config_offline_says_what_to_pass(folders, tmp_path, monkeypatch):
+    from realcompo_sdk.testing.single_file import save_tiny_controlnet_single_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    single = save_tiny_controlnet_single_file(folders["cn-sd"], tmp_path / "cn.safetensors")
+    with pytest.raises(RealCompoError, match="single_file_config="):
+        ControlNetSegAdapter(controlnet=str(single), base=str(folders["sd"]))
