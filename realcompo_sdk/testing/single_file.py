@@ -183,3 +183,68 @@ def save_tiny_controlnet_single_file(folder: str | Path, path: str | Path) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path
+
+
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+_OPEN_CLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                    "self_attn.out_proj": "attn.out_proj"}
+
+
+def open_clip_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A `CLIPTextModelWithProjection` state dict in OpenCLIP's layout (SDXL's second encoder):
+    q/k/v fused into `attn.in_proj_*`, `text_projection` transposed."""
+    state = {k.removeprefix("text_model."): v for k, v in state.items() if not k.endswith("position_ids")}
+    out: dict[str, torch.Tensor] = {
+        "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+        "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+        "ln_final.weight": state.pop("final_layer_norm.weight"),
+        "ln_final.bias": state.pop("final_layer_norm.bias"),
+        "text_projection": state.pop("text_projection.weight").T.contiguous(),
+    }
+    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")})
+    for i in layers:
+        prefix = f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(
+                [state.pop(f"{prefix}self_attn.{p}_proj.{kind}") for p in ("q", "k", "v")])
+            for ours, theirs in _OPEN_CLIP_LAYER.items():
+                out[f"transformer.resblocks.{i}.{theirs}.{kind}"] = state.pop(f"{prefix}{ours}.{kind}")
+    if state:
+        raise ValueError(f"no OpenCLIP name for {sorted(state)[:5]}")
+    return out
+
+
+def sdxl_ldm_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a diffusers SDXL folder in the original SDXL checkpoint layout."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    vae_config = json.loads((folder / "vae" / "config.json").read_text())
+    out: dict[str, torch.Tensor] = {}
+    for key, value in load_file(folder / "unet" / "diffusion_pytorch_model.safetensors").items():
+        name = key.replace("add_embedding.linear_1.", "label_emb.0.0.").replace("add_embedding.linear_2.", "label_emb.0.2.")
+        out[UNET_PREFIX + (name if name.startswith("label_emb.") else unet_key_to_ldm(key, unet_config))] = value
+    for key, value in load_file(folder / "vae" / "diffusion_pytorch_model.safetensors").items():
+        ldm_key = vae_key_to_ldm(key, vae_config)
+        if ".mid.attn_1." in ldm_key and ldm_key.endswith(".weight") and value.dim() == 2:
+            value = value[:, :, None, None]
+        out[VAE_PREFIX + ldm_key] = value
+    for key, value in load_file(folder / "text_encoder" / "model.safetensors").items():
+        if not key.endswith("position_ids"):
+            out[SDXL_CLIP_PREFIX + clip_key_to_ldm(key)] = value
+    for key, value in open_clip_state_dict(load_file(folder / "text_encoder_2" / "model.safetensors")).items():
+        out[SDXL_OPEN_CLIP_PREFIX + key] = value
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def save_tiny_sdxl_single_file(folder: str | Path, path: str | Path) -> Path:
+    """Write an SDXL folder (e.g. from `save_tiny_sdxl_folder`) as one original-format file; load
+    it back with `StableDiffusionXLPipeline.from_single_file(path, config=folder)`."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sdxl_ldm_state_dict(folder), str(path))
+    return path

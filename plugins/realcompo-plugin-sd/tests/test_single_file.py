@@ -95,3 +95,26 @@ def test_weights_come_from_the_file_not_the_config_folder(tiny, offline, tmp_pat
 def test_missing_single_file_is_a_clear_error(tmp_path):
     with pytest.raises(RealCompoError, match=r"checkpoint file .*missing\.safetensors does not exist"):
         StableDiffusionAdapter(model=str(tmp_path / "missing.safetensors"))
+
+
+def test_sdxl_single_file_loads_the_same_weights_and_noise_as_the_folder(offline, tmp_path):
+    from realcompo_plugin_sd.sdxl import StableDiffusionXLAdapter
+
+    from realcompo_sdk.testing.folders_xl import save_tiny_sdxl_folder
+    from realcompo_sdk.testing.single_file import save_tiny_sdxl_single_file
+
+    folder = save_tiny_sdxl_folder(tmp_path / "tiny-sdxl", seed=0)
+    file = save_tiny_sdxl_single_file(folder, tmp_path / "tiny-sdxl.safetensors")
+    with safe_open(str(file), "pt") as f:  # the original SDXL layout: OpenCLIP second encoder
+        keys = set(f.keys())
+    assert "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert "model.diffusion_model.label_emb.0.0.weight" in keys
+    from_file = StableDiffusionXLAdapter(model=str(file), single_file_config=str(folder))
+    from_folder = StableDiffusionXLAdapter(model=str(folder))
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        assert_same_weights(getattr(from_file, part), getattr(from_folder, part), part)
+    contract = T2IAdapterContract()
+    x, step = contract._latents(from_folder), contract._step(from_folder)
+    a = from_file.predict_noise(x, step, from_file.prepare(contract._request(from_file)), guidance_scale=3.0).guided
+    b = from_folder.predict_noise(x, step, from_folder.prepare(contract._request(from_folder)), guidance_scale=3.0).guided
+    assert (a - b).abs().max().item() <= 1e-6
