@@ -181,3 +181,15 @@ def test_grounding_check_sees_no_box_effect_when_the_gates_are_closed(trained, t
                    else v) for k, v in state.items()}, weights)  # fmt: skip
     opened = grounding_losses(folder, scenes=4)
     assert any(abs(v["true"] - v["mirrored"]) > 1e-6 for v in opened.values())
+
+
+def test_gligen_max_objects_selects_small_scenes_and_trains(trained, tmp_path) -> None:
+    from realcompo_plugin_shapes.training.train_all import main, scenes_with_at_most
+
+    assert scenes_with_at_most(np.array([1, 3, 1, 2, 4]), 1).tolist() == [0, 2]
+    assert scenes_with_at_most(np.array([1, 3, 1, 2, 4]), 2).tolist() == [0, 2, 3]
+    with pytest.raises(ValueError, match="no scene in the pool has at most 0 objects"):
+        scenes_with_at_most(np.array([1, 2]), 0)
+    first, _ = trained
+    log = main(["--out", str(tmp_path / "one"), "--t2i-from", str(first / "shapes-sd"), "--gligen-max-objects", "1", *SMOKE_ARGS])
+    assert log["stages"]["gligen"]["steps"] == 2

@@ -115,6 +115,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "notices it",
     )
     p.add_argument("--x0-weight-cap", type=float, default=20.0)
+    p.add_argument(
+        "--gligen-max-objects",
+        type=int,
+        default=None,
+        help="GLIGEN stage: train only on scenes with at most this many objects (a curriculum: with one object, "
+        "where it is can only come from its box)",
+    )
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     args = p.parse_args(argv)
@@ -514,8 +521,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         phrase_table = te(**enc).pooler_output.float()  # (n_phrases, D)
     hidden = phrase_table.shape[1]
 
+    gligen_pool = None
+    if args.gligen_max_objects is not None:
+        gligen_pool = torch.as_tensor(scenes_with_at_most(pool.n_objects, args.gligen_max_objects), device=device)
+
     def gligen_loss(step: int) -> torch.Tensor:
-        idx = batch_index()
+        if gligen_pool is None:
+            idx = batch_index()
+        else:
+            idx = gligen_pool[torch.randint(0, gligen_pool.numel(), (bs,), device=device, generator=gen)]
         zt, noise, t = noisy_latents(idx, args.gligen_noise_bias)
         b = idx.shape[0]
         pidx = phrase_idx[idx]  # (B, 4), -1 padding
@@ -583,6 +597,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (out / "training_log.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"[done] {out} in {train_wall:.0f}s: " + json.dumps(summary.get("evaluation", {}))[:2000], flush=True)
     return summary
+
+
+def scenes_with_at_most(n_objects: np.ndarray, max_objects: int) -> np.ndarray:
+    """Indices of the pool's scenes with at most `max_objects` objects (GLIGEN curriculum)."""
+    chosen = np.flatnonzero(np.asarray(n_objects) <= max_objects)
+    if chosen.size == 0:
+        raise ValueError(f"no scene in the pool has at most {max_objects} objects")
+    return chosen
 
 
 @torch.no_grad()
