@@ -68,7 +68,7 @@ def _convert(args: argparse.Namespace) -> int:
         print("error: convert needs CHECKPOINT and OUT (or --shapes-only)", file=sys.stderr)
         return 2
     convert_checkpoint(args.checkpoint, args.out, source=args.source, sd15=args.sd15,
-                       dtype=getattr(torch, args.dtype), overwrite=args.overwrite)  # fmt: skip
+                       dtype=getattr(torch, args.dtype), overwrite=args.overwrite, progress=True)  # fmt: skip
     return 0
 
 

@@ -149,11 +149,16 @@ def compare_with_sd15(state: dict[str, torch.Tensor], sd15_unet_state: dict[str,
     }
 
 
-def sha256(path: Path, chunk: int = 1 << 24) -> str:
+def sha256(path: Path, chunk: int = 1 << 24, progress: bool = False) -> str:
+    """Hex digest of a file (a progress bar for the 13.6 GB checkpoint when `progress`)."""
+    from tqdm.auto import tqdm
+
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with path.open("rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="sha256",
+                                     disable=not progress) as bar:  # fmt: skip
         while block := f.read(chunk):
             digest.update(block)
+            bar.update(len(block))
     return digest.hexdigest()
 
 
@@ -201,6 +206,7 @@ def convert_checkpoint(
     log: Any = print,
     unet_config: dict[str, Any] = SD15_UNET_CONFIG,
     position_net_config: dict[str, Any] = SD15_POSITION_NET_CONFIG,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """The whole conversion; returns the record written to `instancediffusion.json`. The configs
     default to the released SD1.5 model (tests convert tiny models)."""
@@ -223,7 +229,8 @@ def convert_checkpoint(
         "format": "realcompo-instancediffusion",
         "converter_version": CONVERTER_VERSION,
         "position_net": position_net_config,
-        "source": {"file": checkpoint.name, "sha256": sha256(checkpoint), "weights": source, "top_level_keys": top_level},
+        "source": {"file": checkpoint.name, "sha256": sha256(checkpoint, progress=progress), "weights": source,
+                   "top_level_keys": top_level},
         "dtype": str(dtype).removeprefix("torch."),
     }
     if sd15 is not None:
