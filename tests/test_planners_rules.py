@@ -308,3 +308,45 @@ class TestRulesPlannerContract(LayoutPlannerContract):
 
     def make_planner(self) -> RulesPlanner:
         return RulesPlanner()
+
+
+# -- absolute places ("on the left", "at the top of the image") ------------------------------------
+
+
+@pytest.mark.parametrize(("prompt", "relation"), [
+    ("a red circle on the left and a blue square on the right", (0, "left", 1)),
+    ("a blue square on the right and a red circle on the left", (1, "left", 0)),
+    ("on the left, a tree and on the right, a house", (0, "left", 1)),
+    ("a bird at the top and a dog at the bottom", (0, "above", 1)),
+    ("a dog at the bottom and a bird in the sky", (1, "above", 0)),
+])  # fmt: skip
+def test_absolute_places_order_the_objects(prompt: str, relation: tuple[int, str, int]) -> None:
+    layout = PLANNER.plan(prompt)
+    assert len(layout.objects) == 2  # the place words are not objects
+    assert_relation(layout, *relation)
+    assert_well_formed(layout, PLANNER.options.margin)
+
+
+@pytest.mark.parametrize(("prompt", "side"), [
+    ("a red circle on the left", "left"),
+    ("a red circle on the right side of the image", "right"),
+    ("a small cat at the top of the picture", "top"),
+    ("a boat at the bottom", "bottom"),
+    ("a red circle at the bottom right", "bottom right"),
+    ("a cat in the top left corner", "top left"),
+])  # fmt: skip
+def test_a_single_placed_object_goes_to_its_side(prompt: str, side: str) -> None:
+    box = PLANNER.plan(prompt).objects[0].box
+    margin = PLANNER.options.margin
+    assert box is not None
+    edges = {"left": box.x0, "right": 1 - box.x1, "top": box.y0, "bottom": 1 - box.y1}
+    for part in side.split():
+        assert edges[part] == pytest.approx(margin, abs=1e-3), (prompt, box)
+    assert len(PLANNER.plan(prompt).objects) == 1
+
+
+def test_of_after_a_side_is_still_a_relation() -> None:
+    layout = PLANNER.plan("a cat on the left of a dog")
+    assert [o.phrase for o in layout.objects] == ["cat", "dog"]
+    assert_relation(layout, 0, "left", 1)
+    assert layout.objects[0].box.x0 > PLANNER.options.margin + 0.05  # not pushed to the edge

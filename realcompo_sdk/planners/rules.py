@@ -2,7 +2,8 @@
 
 It reads noun phrases ("a small red circle", "two cats", "three apples"), lists joined by "and",
 "with" and commas, spatial relations between them ("to the left of", "right of", "above", "below",
-"on top of", "under", "next to", "between ... and ...", "in front of", "behind"), and an optional
+"on top of", "under", "next to", "between ... and ...", "in front of", "behind"), absolute places
+("on the left", "at the top of the image", "in the bottom right corner") and an optional
 background ("on a grey background"). Words it does not know are kept inside a phrase or skipped
 between phrases, so "a cat sitting on top of a table next to a dog" gives a cat on a table and a dog
 beside it. It covers the whole caption grammar of the Shapes world.
@@ -10,10 +11,12 @@ beside it. It covers the whole caption grammar of the Shapes world.
 Layout: every object instance is a box whose larger side is its size; "small", unnamed and "big"
 objects take 0.17, 0.26 and 0.36 of the image side (the Shapes world's size classes: 9-12, 15-18 and
 21-25 px of 64); a few common nouns are larger or smaller, wider or taller. Groups ("two cats", "a
-cat and a dog") are laid out in a row, or a grid when a row does not fit; relations stack the
+cat and a dog") are laid out in a row, or a grid when a row does not fit (left-placed objects
+first, right-placed last, top- and bottom-placed ones in rows above and below); relations stack the
 groups left to right or top to bottom, one relation at a time from the first one, so each relation
 holds between box centres with a clear margin. The whole arrangement is scaled down uniformly if
-needed, then centred in the image with `margin` around it. Boxes never overlap.
+needed, then centred in the image with `margin` around it, or moved to the image's side when
+every placed object names the same side ("a cat on the left"). Boxes never overlap.
 
 Phrases are the prompt's own words, without articles and numbers: "two red circles" gives two
 objects with the phrase "red circles"; the core's token aligner maps each phrase to its tokens.
@@ -66,6 +69,19 @@ _RELATIONS: tuple[tuple[tuple[str, ...], str, bool], ...] = tuple(sorted([
     (("between",), "between", False), (("in", "between"), "between", False),
     (("in", "front", "of"), "below", False), (("behind",), "above", False),
 ], key=lambda r: -len(r[0])))
+
+# Absolute places in the image ("a cat on the left"), read before relations so that "on" does not
+# become "on top of"; with "of" after them they are relations ("on the left of a dog") unless the
+# "of" names the picture itself ("on the left side of the image").
+_ANCHORS: tuple[tuple[tuple[str, ...], str], ...] = tuple(sorted([
+    *[((prep, "the", side, *tail), side) for prep in ("on", "to", "at", "in") for side in ("left", "right")
+      for tail in ((), ("side",), ("half",))],
+    *[((prep, "the", side, *tail), side) for prep in ("at", "in", "on") for side in ("top", "bottom")
+      for tail in ((), ("half",))],
+    *[((prep, "the", v, h, *tail), f"{v} {h}") for prep in ("at", "in", "on") for v in ("top", "bottom")
+      for h in ("left", "right") for tail in ((), ("corner",))],
+], key=lambda a: -len(a[0])))
+_PICTURE_NOUNS = {"image", "picture", "frame", "scene", "canvas", "photo", "photograph", "painting", "view"}
 
 _CONJUNCTIONS = {"and", "with", "plus", "&", "alongside", "together", "as", "well", "also", "or", "nor"}
 # Words that end a noun phrase and are otherwise ignored (verbs, prepositions, pronouns...).
@@ -200,6 +216,7 @@ class _NounPhrase:
     size: str | None  # small | medium | big | None (unsaid)
     count: int
     is_background: bool = False
+    anchor: str | None = None  # "left", "right", "top", "bottom" or "top left" etc.: a place in the image
 
 
 @dataclass
@@ -231,6 +248,21 @@ def _is_content(word: _Word) -> bool:
     if low in _FUNCTION_WORDS and low not in _NOUNS and low not in _ADJECTIVES:
         return False
     return not (low.endswith("ly") and len(low) > 4 and low not in _NOUNS and low not in ("holly", "jelly", "belly"))
+
+
+def _anchor_at(words: list[_Word], i: int) -> tuple[str, int] | None:
+    """An absolute place at `i` ("on the left", "at the top of the image") and its length in words."""
+    for pattern, side in _ANCHORS:
+        if not _match(words, i, pattern):
+            continue
+        end = i + len(pattern)
+        if end < len(words) and words[end].low == "of":
+            k = end + 1 + (end + 1 < len(words) and words[end + 1].low in _ARTICLES)
+            if k < len(words) and words[k].low in _PICTURE_NOUNS:
+                return side, k + 1 - i
+            return None  # "on the left of a dog" is a relation
+        return side, len(pattern)
+    return None
 
 
 def _relation_at(words: list[_Word], i: int) -> tuple[str, bool, int] | None:
@@ -339,8 +371,19 @@ def _parse(prompt: str) -> _Parse:
     relations: list[tuple[str, bool]] = []
     pending: tuple[str, bool] | None = None
     background: tuple[int, int] | None = None
+    pending_anchor: str | None = None
     i = 0
     while i < len(words):
+        anchor = _anchor_at(words, i)
+        if anchor is not None:
+            side, length = anchor
+            last = groups[-1].phrases[-1] if groups[-1].phrases else None
+            if last is not None and last.anchor is None and pending is None:
+                last.anchor = side  # "a cat on the left"
+            else:
+                pending_anchor = side  # "on the left, a cat"
+            i += length
+            continue
         relation = _relation_at(words, i)
         if relation is not None:
             name, tight, length = relation
@@ -362,6 +405,8 @@ def _parse(prompt: str) -> _Parse:
             i = nxt
             continue
         i = nxt
+        if pending_anchor is not None:
+            phrase.anchor, pending_anchor = pending_anchor, None
         if pending is not None:
             groups.append(_Group())
             relations.append(pending)
@@ -377,6 +422,7 @@ class _Leaf:
     index: int  # position in the layout's objects
     w: float
     h: float
+    anchor: str | None = None
 
     def size(self) -> tuple[float, float]:
         return self.w, self.h
@@ -454,7 +500,7 @@ class RulesPlanner(LayoutPlanner):
                 count = np_.count or opts.plural_count
                 for _ in range(count):
                     w, h = self._box_size(np_)
-                    leaves.append(_Leaf(len(objects), w, h))
+                    leaves.append(_Leaf(len(objects), w, h, np_.anchor))
                     objects.append((text[np_.start:np_.end], w, h))
                     if len(objects) > opts.max_objects:
                         raise PlannerInputError(
@@ -490,6 +536,18 @@ class RulesPlanner(LayoutPlanner):
         return extent * aspect, extent
 
     def _arrange_group(self, leaves: list[_Leaf]) -> _Leaf | _Stack:
+        if any(_sides(x) & {"top", "bottom"} for x in leaves):
+            # top-anchored objects in a row above the others, bottom-anchored ones below
+            rows = [[x for x in leaves if "top" in _sides(x)], [x for x in leaves if not _sides(x) & {"top", "bottom"}],
+                    [x for x in leaves if "bottom" in _sides(x)]]
+            blocks = [self._arrange_row(row) for row in rows if row]
+            return blocks[0] if len(blocks) == 1 else _Stack(False, blocks, self.options.gap)
+        return self._arrange_row(leaves)
+
+    def _arrange_row(self, leaves: list[_Leaf]) -> _Leaf | _Stack:
+        """A row (or a grid when a row does not fit); left-anchored objects first, right-anchored
+        last (a stable sort keeps the reading order otherwise)."""
+        leaves = sorted(leaves, key=lambda x: 0 if "left" in _sides(x) else 2 if "right" in _sides(x) else 1)
         if len(leaves) == 1:
             return leaves[0]
         row = _Stack(True, list(leaves), self.options.gap)
@@ -525,11 +583,28 @@ class RulesPlanner(LayoutPlanner):
         room = 1 - 2 * self.options.margin
         scale = min(1.0, room / width, room / height)
         ox, oy = (1 - width * scale) / 2, (1 - height * scale) / 2
+        # Every anchored object names the same side: move the arrangement to that side.
+        sides = {side for leaf in _leaves(root) for side in _sides(leaf)}
+        margin = self.options.margin
+        if sides & {"left", "right"} and len(sides & {"left", "right"}) == 1:
+            ox = margin if "left" in sides else 1 - margin - width * scale
+        if sides & {"top", "bottom"} and len(sides & {"top", "bottom"}) == 1:
+            oy = margin if "top" in sides else 1 - margin - height * scale
         out = {}
         for index, (x0, y0, x1, y1) in placed.items():
             box = (ox + x0 * scale, oy + y0 * scale, ox + x1 * scale, oy + y1 * scale)
             out[index] = tuple(min(1.0, max(0.0, round(v, 4))) for v in box)
         return out  # type: ignore[return-value]
+
+
+def _sides(leaf: _Leaf) -> set[str]:
+    return set(leaf.anchor.split()) if leaf.anchor else set()
+
+
+def _leaves(block: _Leaf | _Stack) -> list[_Leaf]:
+    if isinstance(block, _Leaf):
+        return [block]
+    return [leaf for child in block.children for leaf in _leaves(child)]
 
 
 def _members(block: _Leaf | _Stack) -> list[_Leaf | _Stack]:
