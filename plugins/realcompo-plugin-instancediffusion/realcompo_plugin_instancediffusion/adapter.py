@@ -101,9 +101,10 @@ class InstanceDiffusionAdapter(UNetAdapter, L2IAdapter):
 
     # ---- layout ------------------------------------------------------------------------------
     def check_layout(self, layout: Layout) -> None:
+        from .inputs import choose_profile
+
         super().check_layout(layout)
-        size = self.latent_spec.default_resolution
-        self._inputs(layout, height=size[0], width=size[1], seed=0)
+        choose_profile(layout, profile=self.options.profile, per_instance_modalities=self.options.per_instance_modalities)
 
     def _inputs(self, layout: Layout, *, height: int, width: int, seed: int) -> Any:
         from .inputs import layout_to_instdiff

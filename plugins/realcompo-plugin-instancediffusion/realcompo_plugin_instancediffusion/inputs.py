@@ -471,32 +471,12 @@ def _fix_hint(requested: str, chosen: str) -> str:
     )
 
 
-def layout_to_instdiff(
-    layout: Layout,
-    *,
-    width: int,
-    height: int,
-    profile: str = "auto",
-    seed: int,
-    per_instance_modalities: bool = False,
-    seg_resize: str = "nearest",
-) -> InstDiffInputs:
-    """Map a `Layout` onto InstanceDiffusion's inputs (module docstring: the rules per kind).
-
-    `width`/`height` are the image size in pixels; they matter for scribbles (sorted in pixel
-    space, as the model was trained). `profile` is one of `PROFILES` or "auto": any mask → "mask";
-    else any scribble → "scribble"; else all points → "point"; else "box". Without
-    `per_instance_modalities` every object must have the region kind its profile needs (box:
-    box, mask: mask, point: point, scribble: scribble), as in the official profiles. With it,
-    objects may mix kinds; "auto" then picks the richest profile present (scribble > mask > box >
-    point) and each object fills only what it has. Randomness: `np.random.default_rng(seed)`.
-    """
-    if int(width) <= 0 or int(height) <= 0:
-        raise ValueError(f"width and height must be positive pixels, got {width}x{height}")
+def choose_profile(layout: Layout, *, profile: str = "auto", per_instance_modalities: bool = False) -> str:
+    """The official profile for `layout`, or a `LayoutError` naming the object that does not fit
+    (too many objects, keypoints, mixed kinds): the checks of `layout_to_instdiff` without
+    building any array."""
     if profile != "auto" and profile not in PROFILES:
         raise ValueError(f'unknown profile {profile!r}; choose "auto" or one of {", ".join(PROFILES)}')
-    if seg_resize not in SEG_RESIZE_MODES:
-        raise ValueError(f"unknown seg_resize {seg_resize!r}; choose one of {', '.join(SEG_RESIZE_MODES)}")
     objects = layout.objects
     if len(objects) > MAX_INSTANCES:
         raise LayoutError(
@@ -523,6 +503,35 @@ def layout_to_instdiff(
                     f"{chosen!r} ({how}; layout kinds: {', '.join(sorted(set(kinds)))}) needs a "
                     f"{needed} region on every object. Fix: {_fix_hint(profile, chosen)}."
                 )
+    return chosen
+
+
+def layout_to_instdiff(
+    layout: Layout,
+    *,
+    width: int,
+    height: int,
+    profile: str = "auto",
+    seed: int,
+    per_instance_modalities: bool = False,
+    seg_resize: str = "nearest",
+) -> InstDiffInputs:
+    """Map a `Layout` onto InstanceDiffusion's inputs (module docstring: the rules per kind).
+
+    `width`/`height` are the image size in pixels; they matter for scribbles (sorted in pixel
+    space, as the model was trained). `profile` is one of `PROFILES` or "auto": any mask → "mask";
+    else any scribble → "scribble"; else all points → "point"; else "box". Without
+    `per_instance_modalities` every object must have the region kind its profile needs (box:
+    box, mask: mask, point: point, scribble: scribble), as in the official profiles. With it,
+    objects may mix kinds; "auto" then picks the richest profile present (scribble > mask > box >
+    point) and each object fills only what it has. Randomness: `np.random.default_rng(seed)`.
+    """
+    if int(width) <= 0 or int(height) <= 0:
+        raise ValueError(f"width and height must be positive pixels, got {width}x{height}")
+    if seg_resize not in SEG_RESIZE_MODES:
+        raise ValueError(f"unknown seg_resize {seg_resize!r}; choose one of {', '.join(SEG_RESIZE_MODES)}")
+    objects = layout.objects
+    chosen = choose_profile(layout, profile=profile, per_instance_modalities=per_instance_modalities)
 
     rng = np.random.default_rng(seed)
     out = InstDiffInputs(

@@ -79,19 +79,13 @@ def test_every_input_kind_selects_its_profile_and_conditions_the_noise(adapter, 
 
 
 def test_mask_rle_and_rows_give_the_same_conditioning(adapter) -> None:
+    from realcompo_plugin_instancediffusion.inputs import _encode_uncompressed_rle
+
     from realcompo_sdk.layout import RLE
 
     rows = rect_mask(4, 4, 20, 28)
-    flat_col_major = [rows.to_rows()[y][x] for x in range(32) for y in range(32)]
-    counts, value, run = [], 0, 0
-    for v in flat_col_major:
-        if v == value:
-            run += 1
-        else:
-            counts.append(run)
-            value, run = v, 1
-    counts.append(run)
-    with_rle = LayoutObject(phrase="red cat", mask=Mask(rle=RLE(size=(32, 32), counts=counts)))
+    with_rle = LayoutObject(phrase="red cat", mask=Mask(rle=RLE(**_encode_uncompressed_rle(np.array(rows.to_rows())))))
+    assert with_rle.mask.rle.counts[0] > 0 and with_rle.mask.to_rows() == rows.to_rows()
     a = cond_noise(adapter, Layout(prompt=PROMPT, objects=[LayoutObject(phrase="red cat", mask=rows)]))
     b = cond_noise(adapter, Layout(prompt=PROMPT, objects=[with_rle]))
     torch.testing.assert_close(a, b)
@@ -129,6 +123,8 @@ def test_mixed_kinds_are_an_error_naming_the_object_unless_allowed(folders) -> N
     strict = InstanceDiffusionAdapter(model=str(folders["id"]))
     with pytest.raises(LayoutError, match=r"object 1 \('blue dog'\).*per_instance_modalities"):
         strict.prepare(request(strict, layout))
+    with pytest.raises(LayoutError, match=r"object 1 \('blue dog'\).*per_instance_modalities"):
+        strict.check_layout(layout)  # before any model runs
     lenient = InstanceDiffusionAdapter(model=str(folders["id"]), per_instance_modalities=True)
     assert lenient.prepare(request(lenient, layout)).extra["instdiff"]["profile"] == "mask"
 
