@@ -86,13 +86,9 @@ class InstanceDiffusionAdapter(UNetAdapter, L2IAdapter):
         parts_from = str(path) if (path / "text_encoder").is_dir() else opts.base
         vae, text_encoder, tokenizer, scheduler_config = _sd_parts(parts_from, dtype)
         spec = latent_spec_from(vae.config, unet.config, scheduler_config, family="sd1")
-        # The position net runs once per request: keep it in float32 (Fourier features of
-        # coordinates × 100 lose precision in half), out of the UNet's cast.
-        position_net = unet.position_net
-        unet.position_net = None
+        # `unet` is already in `dtype` with its position net in float32; _setup only moves it.
         self._setup(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
                     scheduler_config=scheduler_config, latent_spec=spec, device=device, dtype=dtype)  # fmt: skip
-        self.unet.position_net = position_net.to(device, torch.float32)
         self.vae = place(vae, device, dtype)
 
     @property

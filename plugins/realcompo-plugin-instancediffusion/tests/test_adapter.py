@@ -219,3 +219,9 @@ def test_cli_generates_alone_from_a_layout_and_from_an_official_json(folders, tm
 def test_missing_model_option_says_how_to_get_one() -> None:
     with pytest.raises(RealCompoError, match="realcompo-instancediffusion convert .*--l2i-option model=OUT_DIR"):
         InstanceDiffusionAdapter()
+
+
+def test_half_precision_adapter_keeps_the_position_net_in_float32(folders) -> None:
+    adapter = InstanceDiffusionAdapter(model=str(folders["id"]), dtype="float16")
+    assert adapter.unet.conv_in.weight.dtype == torch.float16
+    assert {p.dtype for p in adapter.position_net.parameters()} == {torch.float32}
