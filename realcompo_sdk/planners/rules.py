@@ -584,7 +584,7 @@ class RulesPlanner(LayoutPlanner):
         scale = min(1.0, room / width, room / height)
         ox, oy = (1 - width * scale) / 2, (1 - height * scale) / 2
         # Every anchored object names the same side: move the arrangement to that side.
-        sides = {side for leaf in _leaves(root) for side in _sides(leaf)}
+        sides = {side for leaf in _members(root) for side in _sides(leaf)}
         margin = self.options.margin
         if sides & {"left", "right"} and len(sides & {"left", "right"}) == 1:
             ox = margin if "left" in sides else 1 - margin - width * scale
@@ -601,17 +601,11 @@ def _sides(leaf: _Leaf) -> set[str]:
     return set(leaf.anchor.split()) if leaf.anchor else set()
 
 
-def _leaves(block: _Leaf | _Stack) -> list[_Leaf]:
+def _members(block: _Leaf | _Stack) -> list[_Leaf]:
+    """The leaves of a block in reading order (rows of a grid flattened)."""
     if isinstance(block, _Leaf):
         return [block]
-    return [leaf for child in block.children for leaf in _leaves(child)]
-
-
-def _members(block: _Leaf | _Stack) -> list[_Leaf | _Stack]:
-    """The leaves of a group block in reading order (rows of a grid flattened)."""
-    if isinstance(block, _Leaf):
-        return [block]
-    out: list[_Leaf | _Stack] = []
+    out: list[_Leaf] = []
     for child in block.children:
         out.extend(_members(child))
     return out
