@@ -45,6 +45,8 @@ def unet_key_to_ldm(key: str, config: dict[str, Any]) -> str:
     for old, new in _UNET_FIXED.items():
         if key.startswith(old + "."):
             return new + key[len(old):]
+    if m := re.fullmatch(r"add_embedding\.linear_([12])\.(.+)", key):  # SDXL's time-ids embedding
+        return f"label_emb.0.{0 if m[1] == '1' else 2}.{m[2]}"
     if m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
         b, i, rest = int(m[1]), int(m[2]), m[3]
         return f"input_blocks.{1 + b * per_level + i}.0.{_rename_first(rest, _UNET_RESNET)}"
@@ -101,13 +103,28 @@ def clip_key_to_ldm(key: str) -> str:
     return key if key.startswith("text_model.") else "text_model." + key
 
 
+def _unet_and_vae_items(folder: Path) -> list[tuple[str, torch.Tensor]]:
+    """(LDM name, tensor) of a diffusers folder's UNet and VAE."""
+    from safetensors.torch import load_file
+
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    vae_config = json.loads((folder / "vae" / "config.json").read_text())
+    items = [(UNET_PREFIX + unet_key_to_ldm(k, unet_config), v)
+             for k, v in load_file(folder / "unet" / "diffusion_pytorch_model.safetensors").items()]  # fmt: skip
+    for key, value in load_file(folder / "vae" / "diffusion_pytorch_model.safetensors").items():
+        ldm_key = vae_key_to_ldm(key, vae_config)
+        # LDM's VAE attention uses 1x1 convolutions; diffusers squeezes them back to linear
+        if ".mid.attn_1." in ldm_key and ldm_key.endswith(".weight") and value.dim() == 2:
+            value = value[:, :, None, None]
+        items.append((VAE_PREFIX + ldm_key, value))
+    return items
+
+
 def ldm_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     """The weights of a diffusers SD folder, renamed to the original LDM checkpoint layout."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    unet_config = json.loads((folder / "unet" / "config.json").read_text())
-    vae_config = json.loads((folder / "vae" / "config.json").read_text())
     out: dict[str, torch.Tensor] = {}
 
     def put(key: str, value: torch.Tensor) -> None:
@@ -115,14 +132,8 @@ def ldm_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
             raise ValueError(f"two weights map to {key!r}")
         out[key] = value.contiguous()
 
-    for key, value in load_file(folder / "unet" / "diffusion_pytorch_model.safetensors").items():
-        put(UNET_PREFIX + unet_key_to_ldm(key, unet_config), value)
-    for key, value in load_file(folder / "vae" / "diffusion_pytorch_model.safetensors").items():
-        ldm_key = vae_key_to_ldm(key, vae_config)
-        # LDM's VAE attention uses 1x1 convolutions; diffusers squeezes them back to linear
-        if ".mid.attn_1." in ldm_key and ldm_key.endswith(".weight") and value.dim() == 2:
-            value = value[:, :, None, None]
-        put(VAE_PREFIX + ldm_key, value)
+    for key, value in _unet_and_vae_items(folder):
+        put(key, value)
     for key, value in load_file(folder / "text_encoder" / "model.safetensors").items():
         if key.endswith("position_ids"):
             continue
@@ -220,17 +231,7 @@ def sdxl_ldm_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    unet_config = json.loads((folder / "unet" / "config.json").read_text())
-    vae_config = json.loads((folder / "vae" / "config.json").read_text())
-    out: dict[str, torch.Tensor] = {}
-    for key, value in load_file(folder / "unet" / "diffusion_pytorch_model.safetensors").items():
-        name = key.replace("add_embedding.linear_1.", "label_emb.0.0.").replace("add_embedding.linear_2.", "label_emb.0.2.")
-        out[UNET_PREFIX + (name if name.startswith("label_emb.") else unet_key_to_ldm(key, unet_config))] = value
-    for key, value in load_file(folder / "vae" / "diffusion_pytorch_model.safetensors").items():
-        ldm_key = vae_key_to_ldm(key, vae_config)
-        if ".mid.attn_1." in ldm_key and ldm_key.endswith(".weight") and value.dim() == 2:
-            value = value[:, :, None, None]
-        out[VAE_PREFIX + ldm_key] = value
+    out: dict[str, torch.Tensor] = dict(_unet_and_vae_items(folder))
     for key, value in load_file(folder / "text_encoder" / "model.safetensors").items():
         if not key.endswith("position_ids"):
             out[SDXL_CLIP_PREFIX + clip_key_to_ldm(key)] = value
