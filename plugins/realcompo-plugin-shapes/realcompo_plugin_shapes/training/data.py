@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..scenes import generate_scenes
 from ..world import MAX_OBJECTS, object_phrases
@@ -66,3 +67,25 @@ def build_pool(n: int, seed: int, workers: int | None = None) -> ScenePoolArrays
         boxes=np.concatenate([p["boxes"] for p in parts]),  # type: ignore[misc]
         n_objects=np.concatenate([p["n_objects"] for p in parts]),  # type: ignore[misc]
     )
+
+
+def gligen_inputs(
+    boxes: torch.Tensor, phrase_idx: torch.Tensor, phrase_table: torch.Tensor, keep: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """GLIGEN's grounding inputs for scenes: (B, 4) object slots padded to the 30 slots diffusers'
+    pipeline uses. `phrase_idx` is -1 for empty slots; `keep` (B,) in {0, 1} switches a scene's
+    grounding off (all masks 0), as for classifier-free guidance."""
+    from .models import MAX_OBJS
+
+    b, k = phrase_idx.shape
+    present = (phrase_idx >= 0).to(phrase_table.dtype)
+    masks = present if keep is None else present * keep[:, None]
+    out = {
+        "boxes": boxes.new_zeros(b, MAX_OBJS, 4),
+        "positive_embeddings": phrase_table.new_zeros(b, MAX_OBJS, phrase_table.shape[1]),
+        "masks": phrase_table.new_zeros(b, MAX_OBJS),
+    }
+    out["boxes"][:, :k] = boxes * present[..., None]
+    out["positive_embeddings"][:, :k] = phrase_table[phrase_idx.clamp(min=0)] * present[..., None]
+    out["masks"][:, :k] = masks
+    return out

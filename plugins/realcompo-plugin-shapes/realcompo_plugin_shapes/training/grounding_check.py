@@ -26,7 +26,7 @@ def grounding_losses(folder: str | Path, scenes: int = 128, seed: int = 999) -> 
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from .data import PHRASES, build_pool
+    from .data import PHRASES, build_pool, gligen_inputs
 
     folder = Path(folder)
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32).eval()
@@ -42,20 +42,16 @@ def grounding_losses(folder: str | Path, scenes: int = 128, seed: int = 999) -> 
     context = text_encoder(ids)[0]
     table = text_encoder(**tokenizer(PHRASES, padding=True, return_tensors="pt")).pooler_output
     index = torch.as_tensor(pool.phrase_idx)
-    present = (index >= 0).float()
     boxes = torch.as_tensor(pool.boxes)
     mirrored = torch.stack([1 - boxes[..., 2], boxes[..., 1], 1 - boxes[..., 0], boxes[..., 3]], dim=-1)
     if getattr(unet, "position_net", None) is None:
         raise ValueError(f"{folder} has no GLIGEN position net (attention_type {unet.config.attention_type!r})")
-    n, k, dim = boxes.shape[0], boxes.shape[1], table.shape[1]
+    n = boxes.shape[0]
 
     def grounding(box: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        g = {"boxes": torch.zeros(n, 30, 4), "positive_embeddings": torch.zeros(n, 30, dim), "masks": torch.zeros(n, 30)}
-        if box is not None:
-            g["boxes"][:, :k] = box * present[..., None]
-            g["positive_embeddings"][:, :k] = table[index.clamp(min=0)] * present[..., None]
-            g["masks"][:, :k] = present
-        return g
+        if box is None:  # no grounding: every slot off, which the position net turns into its nulls
+            return gligen_inputs(boxes, index, table, keep=torch.zeros(n))
+        return gligen_inputs(box, index, table)
 
     generator = torch.Generator().manual_seed(seed)
     result: dict[str, dict[str, float]] = {}

@@ -32,9 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..world import MAX_OBJECTS
-from .data import PHRASES, build_pool
-from .models import MAX_OBJS, scheduler_config, text_config, unet_config, vae_config
+from .data import PHRASES, build_pool, gligen_inputs
+from .models import scheduler_config, text_config, unet_config, vae_config
 
 STAGES = ("vae", "unet", "gligen")
 
@@ -519,7 +518,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # Exactly what StableDiffusionGLIGENPipeline feeds: pooler_output of each phrase alone.
         enc = tokenizer(PHRASES, padding=True, return_tensors="pt").to(device)
         phrase_table = te(**enc).pooler_output.float()  # (n_phrases, D)
-    hidden = phrase_table.shape[1]
 
     gligen_pool = None
     if args.gligen_max_objects is not None:
@@ -532,21 +530,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             idx = gligen_pool[torch.randint(0, gligen_pool.numel(), (bs,), device=device, generator=gen)]
         zt, noise, t = noisy_latents(idx, args.gligen_noise_bias)
         b = idx.shape[0]
-        pidx = phrase_idx[idx]  # (B, 4), -1 padding
-        present = (pidx >= 0).float()
         keep = (torch.rand(b, device=device, generator=gen) >= args.grounding_dropout).float()
-        g_boxes = torch.zeros(b, MAX_OBJS, 4, device=device)
-        g_boxes[:, :MAX_OBJECTS] = boxes[idx] * present[..., None]
-        g_emb = torch.zeros(b, MAX_OBJS, hidden, device=device)
-        g_emb[:, :MAX_OBJECTS] = phrase_table[pidx.clamp(min=0)] * present[..., None]
-        g_masks = torch.zeros(b, MAX_OBJS, device=device)
-        g_masks[:, :MAX_OBJECTS] = present * keep[:, None]
+        grounding = gligen_inputs(boxes[idx], phrase_idx[idx], phrase_table, keep)
         with torch.no_grad(), autocast():
             context = te(dropped_captions(idx, args.gligen_caption_dropout))[0]
         with autocast():
             pred = gunet(
                 zt, t, context,
-                cross_attention_kwargs={"gligen": {"boxes": g_boxes, "positive_embeddings": g_emb, "masks": g_masks}},
+                cross_attention_kwargs={"gligen": grounding},
             ).sample  # fmt: skip
         per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
         weight = x0_weight if args.gligen_loss_weight == "x0" else min_snr_weight
