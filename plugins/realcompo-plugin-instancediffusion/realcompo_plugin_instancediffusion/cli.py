@@ -41,13 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from realcompo_sdk.errors import RealCompoError
+
     from .convert import ConversionError
 
     try:
         if args.command == "convert":
             return _convert(args)
         return _generate(args)
-    except ConversionError as exc:
+    except (ConversionError, RealCompoError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -76,13 +78,17 @@ def _generate(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
+    from realcompo_sdk.errors import RealCompoError
     from realcompo_sdk.images import save_png
     from realcompo_sdk.layout import load_layout
 
     from .adapter import InstanceDiffusionAdapter
     from .inputs import official_json_to_layout
 
-    data = json.loads(args.layout.read_text())
+    try:
+        data = json.loads(args.layout.read_text())
+    except json.JSONDecodeError as exc:
+        raise RealCompoError(f"{args.layout} is not JSON ({exc}); give a realcompo layout or an official demos/*.json file") from exc
     layout = official_json_to_layout(data)[0] if "annos" in data else load_layout(data)
     options = {"model": args.model, "grounding_fraction": args.grounding_fraction}
     if args.base:

@@ -225,3 +225,18 @@ def test_half_precision_adapter_keeps_the_position_net_in_float32(folders) -> No
     adapter = InstanceDiffusionAdapter(model=str(folders["id"]), dtype="float16")
     assert adapter.unet.conv_in.weight.dtype == torch.float16
     assert {p.dtype for p in adapter.position_net.parameters()} == {torch.float32}
+
+
+def test_cli_generate_reports_bad_input_without_a_traceback(folders, tmp_path, capsys) -> None:
+    from realcompo_plugin_instancediffusion.cli import main
+
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{not json")
+    bad_layout = tmp_path / "layout.json"
+    bad_layout.write_text('{"prompt": "a cat", "objects": [{"phrase": "cat", "box": {"x0": 0.5, "y0": 0, "x1": 0.2, "y1": 1}}]}')
+    missing = tmp_path / "missing.json"
+    for path, message in ((bad_json, "is not JSON"), (bad_layout, "objects[0] ('cat').box"), (missing, "No such file")):
+        out = tmp_path / "never.png"
+        assert main(["generate", str(path), "--model", str(folders["id"]), "-o", str(out)]) == 1
+        assert message in capsys.readouterr().err
+        assert not out.exists()
