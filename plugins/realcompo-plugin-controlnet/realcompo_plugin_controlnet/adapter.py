@@ -1,7 +1,7 @@
 """`controlnet-openpose` and `controlnet-seg`: a diffusers `ControlNetModel` on an SD 1.x or SDXL base.
 
 The layout becomes a control image (an OpenPose skeleton per keypoint object, or an ADE20K-coloured
-segmentation map of the mask objects), which the ControlNet turns into residuals added to the base
+segmentation map of the mask and box objects), which the ControlNet turns into residuals added to the base
 UNet's skip connections (``down_block_additional_residuals``) and middle block
 (``mid_block_additional_residual``), as diffusers' ControlNet pipelines do: the control image goes
 to both CFG branches, which run batched; the ControlNet sees the same latents, timestep, text
@@ -56,6 +56,10 @@ class OpenPoseOptions(ControlNetOptions):
 class SegOptions(ControlNetOptions):
     controlnet: str = "lllyasviel/control_v11p_sd15_seg"
     classes: dict[str, str] = Field(default_factory=dict, description="phrase (or head noun) → ADE20K class name")
+    palette: dict[str, tuple[int, int, int]] = Field(
+        default_factory=dict,
+        description="phrase (or head noun) → RGB label colour, for a ControlNet trained on its own label set; wins over classes",
+    )
 
 
 def controlnet_family_of(config: Any) -> str:
@@ -290,16 +294,17 @@ class ControlNetOpenPoseAdapter(ControlNetAdapter):
 
 
 class ControlNetSegAdapter(ControlNetAdapter):
-    """Segmentation ControlNet: each mask object is painted in its ADE20K class colour."""
+    """Segmentation ControlNet: each mask (or box) object is painted in its ADE20K class colour."""
 
     id = "controlnet-seg"
     Options = SegOptions
     options: SegOptions
-    accepted_kinds: ClassVar[frozenset[RegionKind]] = frozenset({"mask"})
+    accepted_kinds: ClassVar[frozenset[RegionKind]] = frozenset({"mask", "box"})
     max_objects: ClassVar[int | None] = segmentation.MAX_OBJECTS  # distinct colours for unknown phrases
 
     def _check_options(self) -> None:
         segmentation.check_classes(self.options.classes)
+        segmentation.check_palette(self.options.palette)
 
     def render_control(self, layout: Layout, height: int, width: int) -> Any:
-        return segmentation.render_segmentation(layout, height, width, self.options.classes)
+        return segmentation.render_segmentation(layout, height, width, self.options.classes, self.options.palette)

@@ -1,30 +1,37 @@
-"""Mask objects → the colour segmentation map that segmentation ControlNets read.
+"""Mask and box objects → the colour segmentation map that segmentation ControlNets read.
 
 Segmentation ControlNets (``lllyasviel/control_v11p_sd15_seg`` and its kin) were trained on
 semantic maps of the ADE20K scene-parsing benchmark (150 classes), where a colour *is* a class:
 the model draws a person where it sees (150, 5, 61). So each object is painted in the colour of
-the ADE20K class its phrase names:
+the class its phrase names:
 
-1. an explicit ``classes`` mapping (phrase or head noun → ADE20K class name) wins;
-2. else the whole phrase, then its last word (singular or plural), is looked up among the class
+1. an explicit ``palette`` (phrase → RGB) wins: the label colours of a ControlNet trained on its
+   own label set (another dataset's classes, or the bundled Shapes ControlNet's objects);
+2. then an explicit ``classes`` mapping (phrase or head noun → ADE20K class name);
+3. else the whole phrase, then its last word (singular or plural), is looked up among the class
    names and the synonyms in `SYNONYMS` ("woman" → person, "dog" → animal, "couch" → sofa...);
-3. else the object gets a colour of `FALLBACK_COLORS`, which are not ADE20K colours, so the model
+4. else the object gets a colour of `FALLBACK_COLORS`, which are not ADE20K colours, so the model
    sees "something distinct here" without a class (the n-th unknown phrase gets the n-th colour;
    objects with the same phrase share it).
 
-Pixels outside every mask are black (no class). Objects are painted in layout order, later ones on
-top where masks overlap. Masks are resized to the image with nearest-neighbour sampling.
+``palette`` and ``classes`` keys match the phrase, or its trailing words, each also with the last
+word made singular: "two big red circles" finds a key "red circle".
+
+Pixels outside every region are black (no class). Objects are painted in layout order, later ones
+on top where regions overlap. Masks are resized to the image with nearest-neighbour sampling; a box
+is painted as the filled rectangle of the pixels whose centres lie inside it (a planner that gives
+boxes says where an object is, not its outline, and a ControlNet trained on box maps reads them so).
 """
 
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
-from realcompo_sdk.layout import Layout
+from realcompo_sdk.layout import Layout, LayoutObject
 
 # ADE20K (SceneParse150) classes and their RGB colours, in class-index order (index 0 = wall).
 _ADE20K = """
@@ -122,6 +129,41 @@ def check_classes(classes: Mapping[str, str] | None) -> dict[str, str]:
     return {" ".join(k.lower().split()): v for k, v in (classes or {}).items()}
 
 
+def check_palette(palette: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, int, int]]:
+    """Validate a phrase → RGB label palette; keys are matched lower-case. Black means "no object"."""
+    from realcompo_sdk.errors import LayoutError
+
+    checked: dict[str, tuple[int, int, int]] = {}
+    for key, rgb in (palette or {}).items():
+        values = tuple(rgb)
+        if len(values) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in values):
+            raise LayoutError(f"palette[{key!r}] = {rgb!r} is not an RGB colour: give three integers 0-255")
+        if values == (0, 0, 0):
+            raise LayoutError(f"palette[{key!r}] is black, the colour of 'no object' in a segmentation map; pick another")
+        checked[" ".join(key.lower().split())] = values  # type: ignore[assignment]
+    return checked
+
+
+def phrase_keys(phrase: str) -> list[str]:
+    """The keys a phrase matches in `palette` / `classes`, most specific first: the phrase, then its
+    trailing words, each as given and with the last word made singular."""
+    words = phrase.lower().split()
+    keys: list[str] = []
+    for i in range(len(words)):
+        *head, last = words[i:]
+        for form in _singular_forms(last):
+            key = " ".join([*head, form])
+            if key not in keys:
+                keys.append(key)
+    return keys
+
+
+def palette_color(phrase: str, palette: Mapping[str, Sequence[int]] | None) -> tuple[int, int, int] | None:
+    """The palette colour of a phrase (see `phrase_keys`), or None."""
+    checked = check_palette(palette)
+    return next((checked[k] for k in phrase_keys(phrase) if k in checked), None)
+
+
 def ade20k_class(phrase: str, classes: Mapping[str, str] | None = None) -> str | None:
     """The ADE20K class a phrase names (see the module docstring), or None."""
     text = " ".join(phrase.lower().split())
@@ -141,13 +183,17 @@ def ade20k_class(phrase: str, classes: Mapping[str, str] | None = None) -> str |
     return None
 
 
-def object_colors(layout: Layout, classes: Mapping[str, str] | None = None) -> list[tuple[int, int, int]]:
+def object_colors(layout: Layout, classes: Mapping[str, str] | None = None,
+                  palette: Mapping[str, Sequence[int]] | None = None) -> list[tuple[int, int, int]]:
     """The colour each object is painted in, in layout order."""
     colors: list[tuple[int, int, int]] = []
     unknown: dict[str, tuple[int, int, int]] = {}
     for obj in layout.objects:
-        cls = ade20k_class(obj.phrase, classes)
-        if cls is not None:
+        own = palette_color(obj.phrase, palette)
+        cls = ade20k_class(obj.phrase, classes) if own is None else None
+        if own is not None:
+            colors.append(own)
+        elif cls is not None:
             colors.append(ADE20K_COLORS[cls])
         else:
             key = obj.phrase.lower()
@@ -157,13 +203,25 @@ def object_colors(layout: Layout, classes: Mapping[str, str] | None = None) -> l
     return colors
 
 
-def render_segmentation(layout: Layout, height: int, width: int, classes: Mapping[str, str] | None = None) -> Image.Image:
-    """An RGB segmentation map of `height` x `width` from the layout's mask objects (others are skipped)."""
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    for obj, color in zip(layout.objects, object_colors(layout, classes)):
-        if obj.mask is None:
-            continue
+def region_pixels(obj: LayoutObject, height: int, width: int) -> np.ndarray | None:
+    """(height, width) bool: the pixels a mask or box object covers; None for other kinds."""
+    if obj.mask is not None:
         mask = Image.fromarray(np.asarray(obj.mask.to_rows(), dtype=np.uint8) * 255)
-        inside = np.asarray(mask.resize((width, height), Image.NEAREST)) > 127
-        canvas[inside] = color
+        return np.asarray(mask.resize((width, height), Image.NEAREST)) > 127
+    if obj.box is not None:
+        xs = (np.arange(width) + 0.5) / width
+        ys = (np.arange(height) + 0.5) / height
+        b = obj.box
+        return ((ys >= b.y0) & (ys < b.y1))[:, None] & ((xs >= b.x0) & (xs < b.x1))[None, :]
+    return None
+
+
+def render_segmentation(layout: Layout, height: int, width: int, classes: Mapping[str, str] | None = None,
+                        palette: Mapping[str, Sequence[int]] | None = None) -> Image.Image:
+    """An RGB segmentation map of `height` x `width` from the layout's mask and box objects (others are skipped)."""
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    for obj, color in zip(layout.objects, object_colors(layout, classes, palette)):
+        inside = region_pixels(obj, height, width)
+        if inside is not None:
+            canvas[inside] = color
     return Image.fromarray(canvas)

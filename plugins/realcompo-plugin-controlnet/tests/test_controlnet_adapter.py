@@ -189,7 +189,7 @@ def test_more_objects_than_the_adapter_takes(folders):
 
 def test_wrong_region_kind_names_the_object_and_the_accepted_kind(folders):
     adapter = ControlNetSegAdapter(controlnet=str(folders["cn-sd"]), base=str(folders["sd"]))
-    with pytest.raises(LayoutError, match=r"object 0 \('man'\).*keypoints.*accepts mask"):
+    with pytest.raises(LayoutError, match=r"object 0 \('man'\).*keypoints.*accepts box, mask"):
         adapter.check_layout(keypoint_layout())
 
 

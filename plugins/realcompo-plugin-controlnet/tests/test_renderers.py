@@ -119,7 +119,7 @@ def test_segmentation_map_paints_masks_in_class_colours():
         LayoutObject(phrase="person", mask=_mask(0, 0, 2, 6)),  # on top of the grass where they overlap
         LayoutObject(phrase="porcupine", mask=_mask(4, 0, 6, 2)),
         LayoutObject(phrase="porcupine", mask=_mask(6, 0, 8, 2)),
-        LayoutObject(phrase="ball", box=Box(x0=0.5, y0=0.5, x1=1, y1=1)),  # not a mask: skipped
+        LayoutObject(phrase="man", keypoints=standing_person(0.0, 0.0, 1.0, 1.0)),  # neither mask nor box: skipped
     ])
     image = segmentation.render_segmentation(layout, 64, 32)
     assert image.size == (32, 64)
@@ -127,8 +127,23 @@ def test_segmentation_map_paints_masks_in_class_colours():
     assert _px(image, 0.6, 0.9) == segmentation.ADE20K_COLORS["grass"]
     assert _px(image, 0.6, 0.1) == segmentation.FALLBACK_COLORS[0] == _px(image, 0.9, 0.1)
     assert _px(image, 0.4, 0.2) == (0, 0, 0)
-    colors = segmentation.object_colors(layout)
-    assert colors[4] == segmentation.ADE20K_COLORS["ball"]
+    assert _px(image, 0.4, 0.4) == (0, 0, 0)  # the skeleton's torso: not painted
+
+
+def test_boxes_are_painted_as_the_pixels_whose_centres_they_cover():
+    layout = Layout(prompt="a ball in a box", objects=[
+        LayoutObject(phrase="box", mask=_mask(0, 0, 8, 8)),
+        LayoutObject(phrase="ball", box=Box(x0=0.25, y0=0.5, x1=0.5, y1=0.75)),  # on top of the mask
+    ])
+    array = np.asarray(segmentation.render_segmentation(layout, 16, 16))
+    ball = np.all(array == segmentation.ADE20K_COLORS["ball"], axis=-1)
+    assert np.array_equal(np.argwhere(ball).min(0), [8, 4]) and np.array_equal(np.argwhere(ball).max(0), [11, 7])
+    assert ball.sum() == 16
+    assert np.all(array[~ball] == segmentation.ADE20K_COLORS["box"])
+    # a box narrower than a pixel still paints the pixel whose centre it covers, and nothing else
+    thin = Layout(prompt="a pole", objects=[LayoutObject(phrase="pole", box=Box(x0=0.52, y0=0.0, x1=0.56, y1=1.0))])
+    column = np.asarray(segmentation.render_segmentation(thin, 10, 10)).any(axis=-1)
+    assert column[:, 5].all() and column.sum() == 10
 
 
 def test_mask_edges_resize_with_nearest_neighbour():
@@ -136,3 +151,27 @@ def test_mask_edges_resize_with_nearest_neighbour():
     array = np.asarray(segmentation.render_segmentation(layout, 32, 32))
     assert set(map(tuple, array.reshape(-1, 3))) == {(0, 0, 0), segmentation.ADE20K_COLORS["tree"]}
     assert array[:, :16].all() and not array[:, 16:].any()
+
+
+def test_a_palette_wins_and_matches_trailing_words_and_plurals():
+    palette = {"Red Circle": (200, 30, 30), "person": (1, 2, 3)}
+    keys = segmentation.phrase_keys("two big red circles")
+    assert keys[0] == "two big red circles" and "two big red circle" in keys[:3] and keys[-1] == "circle"
+    assert keys.index("red circle") < keys.index("circle")
+    assert segmentation.palette_color("big red circle", palette) == (200, 30, 30)
+    assert segmentation.palette_color("two red circles", palette) == (200, 30, 30)
+    assert segmentation.palette_color("blue circle", palette) is None
+    layout = Layout(prompt="a man and two red circles", objects=[
+        LayoutObject(phrase="man", box=Box(x0=0, y0=0, x1=0.5, y1=1)),  # palette 'person'? no: 'man' is not a key
+        LayoutObject(phrase="red circles", box=Box(x0=0.5, y0=0, x1=1, y1=1)),
+    ])
+    colors = segmentation.object_colors(layout, classes={"man": "wall"}, palette=palette)
+    assert colors == [segmentation.ADE20K_COLORS["wall"], (200, 30, 30)]
+    image = segmentation.render_segmentation(layout, 8, 8, palette=palette)
+    assert _px(image, 0.9, 0.5) == (200, 30, 30) and _px(image, 0.1, 0.5) == segmentation.ADE20K_COLORS["person"]
+
+
+@pytest.mark.parametrize("rgb,message", [((0, 0, 0), "black"), ((1, 2), "three integers"), ((0, 300, 0), "three integers")])
+def test_bad_palette_colours_are_refused(rgb, message):
+    with pytest.raises(LayoutError, match=message):
+        segmentation.check_palette({"ball": rgb})
