@@ -21,7 +21,7 @@ from .interfaces import DiffusionAdapter, GenerationRequest, L2IAdapter, LayoutP
 from .layout import Layout
 from .record import GenerationRecord, environment_versions
 
-DEFAULT_T2I, DEFAULT_L2I, DEFAULT_PLANNER = "shapes-sd", "shapes-gligen", "rules"
+DEFAULT_T2I, DEFAULT_L2I, DEFAULT_PLANNER = "shapes-sd", "shapes-controlnet", "rules"
 
 
 @dataclass
@@ -108,21 +108,29 @@ class RealCompo:
         planner_options: dict[str, Any] | None = None,
         balance: BalanceOptions | dict[str, Any] | None = None,
         scheduler: str | None = None,
-        num_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
         append_missing_phrases: bool = False,
     ) -> None:
+        """`num_steps`, `guidance_scale`, `scheduler` and `balance` left unset take the T2I preset's
+        recommended values (a registration's ``generation=``, e.g. the bundled `shapes-sd`), else 50
+        steps, guidance 7.5, the model's scheduler and the paper's balancer defaults; a `balance`
+        dict overrides the preset's balancer settings key by key."""
         self.t2i: T2IAdapter = _resolve("t2i", t2i, t2i_options, T2IAdapter)
+        preset: dict[str, Any] = dict(getattr(self.t2i, "generation_defaults", None) or {})
         l2i_list = l2i if isinstance(l2i, list) else [l2i]
         if not l2i_list:
             raise RealCompoError("RealCompo needs at least one L2I adapter")
         l2i_opts = l2i_options if isinstance(l2i_options, list) else [l2i_options] * len(l2i_list)
         self.l2i: list[L2IAdapter] = [_resolve_l2i(v, o, self.t2i) for v, o in zip(l2i_list, l2i_opts)]
         self.planner = None if planner is None else _resolve("planner", planner, planner_options, LayoutPlanner)
-        self.balance = balance if isinstance(balance, BalanceOptions) else BalanceOptions(**(balance or {}))
-        self.scheduler_name = scheduler
-        self.num_steps = num_steps
-        self.guidance_scale = guidance_scale
+        if isinstance(balance, BalanceOptions):
+            self.balance = balance
+        else:
+            self.balance = BalanceOptions(**{**preset.get("balance", {}), **(balance or {})})
+        self.scheduler_name = scheduler if scheduler is not None else preset.get("scheduler")
+        self.num_steps = num_steps if num_steps is not None else preset.get("num_steps", 50)
+        self.guidance_scale = guidance_scale if guidance_scale is not None else preset.get("guidance_scale", 7.5)
         self.append_missing_phrases = append_missing_phrases
         h, w = self.t2i.latent_spec.default_resolution
         check_compatible(self.t2i, self.l2i, h, w)

@@ -23,10 +23,14 @@ class Register(Protocol):
     ``"package.module:Class"`` (then `id` is required): the module is imported only when the
     adapter is first created, which keeps `realcompo --help` and `realcompo plugins` fast. ``register(cls, id="shapes-sd",
     options={"model": path})`` registers a preset: the same class under another id with default
-    options (user options override them).
+    options (user options override them). A T2I preset may also recommend how to sample with it,
+    ``generation={"num_steps": 25, "guidance_scale": 5.0, "scheduler": "ddim", "balance": {...}}``
+    (any of these keys): `RealCompo` uses each one the caller leaves unset (``balance`` key by key),
+    and the record shows what was used.
     """
 
-    def __call__(self, cls: type | str, *, id: str | None = None, options: dict[str, Any] | None = None) -> None: ...
+    def __call__(self, cls: type | str, *, id: str | None = None, options: dict[str, Any] | None = None,
+                 generation: dict[str, Any] | None = None) -> None: ...
 
 
 @hookspec

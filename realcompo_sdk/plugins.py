@@ -41,6 +41,7 @@ class Registration:
     plugin: str  # entry-point name, or "builtin"
     distribution: str
     version: str
+    generation: dict[str, Any] = field(default_factory=dict)  # recommended sampling settings (see `Register`)
 
     def load_class(self) -> type:
         """The registered class; a "module:Class" target is imported now (heavy imports here)."""
@@ -50,6 +51,10 @@ class Registration:
             self.target = getattr(module, attr)
         assert isinstance(self.target, type)
         return self.target
+
+
+GENERATION_SETTINGS = frozenset({"num_steps", "guidance_scale", "scheduler", "balance"})
+"""What a T2I preset may recommend: `RealCompo` uses each one the caller leaves unset."""
 
 
 @dataclass
@@ -143,13 +148,21 @@ class PluginLoader:
         staged: list[Registration] = []  # committed only once every hook has run, so a failed plugin registers nothing
         for kind, hook_name in _HOOK_OF_KIND.items():
             def register(cls: type | str, *, id: str | None = None, options: dict[str, Any] | None = None,
+                         generation: dict[str, Any] | None = None,
                          _kind: str = kind, _staged: list[Registration] = staged) -> None:
                 reg_id = id or getattr(cls, "id", None)
                 if not isinstance(reg_id, str) or not reg_id:
                     raise TypeError(f"{cls!r} has no class-level 'id' and no id= was given")
                 if isinstance(cls, str) and ":" not in cls:
                     raise TypeError(f"a lazy target must read 'module:Class', got {cls!r}")
-                _staged.append(Registration(_kind, reg_id, cls, dict(options or {}), name, dist, version))
+                unknown = sorted(set(generation or {}) - GENERATION_SETTINGS)
+                if unknown:
+                    raise TypeError(f"generation= of {reg_id!r} has unknown setting(s) {unknown}; "
+                                    f"known: {sorted(GENERATION_SETTINGS)}")
+                if generation and _kind != "t2i":
+                    raise TypeError(f"generation= is for T2I presets (it sets how RealCompo samples); {reg_id!r} is {_kind}")
+                _staged.append(Registration(_kind, reg_id, cls, dict(options or {}), name, dist, version,
+                                            dict(generation or {})))
 
             try:
                 getattr(pm.hook, hook_name)(register=register)

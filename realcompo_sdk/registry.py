@@ -19,7 +19,7 @@ FIRST_PARTY = {
     "gpt": "realcompo-plugin-gpt",
     "claude": "realcompo-plugin-claude",
     "shapes-sd": "realcompo-plugin-shapes",
-    "shapes-gligen": "realcompo-plugin-shapes",
+    "shapes-controlnet": "realcompo-plugin-shapes",
 }
 _KIND_NAMES = {"t2i": "T2I adapter", "l2i": "L2I adapter", "planner": "layout planner"}
 
@@ -72,4 +72,6 @@ def create(kind: str, id: str, **options: Any) -> Any:
     instance = cls(**merged)
     if getattr(cls, "id", None) != id:
         instance.registered_id = id  # a preset: report the id the user asked for
+    if reg.generation:
+        instance.generation_defaults = dict(reg.generation)
     return instance

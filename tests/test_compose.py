@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -85,3 +87,56 @@ def test_options_for_an_instance_are_refused(pair):
 def test_adapters_are_created_by_id_with_options(tiny_registry):
     rc = RealCompo(t2i="tiny-t2i", l2i="tiny-l2i", planner="fixed", t2i_options={"seed": 4})
     assert rc.t2i.options.seed == 4 and rc.l2i[0].name == "tiny-l2i"
+
+
+def _registry_with(register_hook, hook: str = "register_t2i_adapters") -> None:
+    """The built-ins, the testing ids and one extra plugin module whose `hook` is `register_hook`."""
+    import types
+
+    from realcompo_sdk import builtin, hookimpl, registry
+    from realcompo_sdk.plugins import PluginLoader
+    from realcompo_sdk.testing import plugin as testing_plugin
+
+    module = types.ModuleType("preset_plugin")
+    setattr(module, hook, hookimpl(register_hook))
+    registry.set_report(PluginLoader(entry_points=[], builtins=[builtin, testing_plugin, module]).load())
+
+
+def test_a_t2i_preset_recommends_how_to_sample_and_explicit_settings_win():
+    from realcompo_sdk import registry
+
+    preset = {"num_steps": 3, "guidance_scale": 2.0, "scheduler": "euler", "balance": {"t0": 1, "scale_factor": 10.0}}
+    _registry_with(lambda register: register("realcompo_sdk.testing.fakes:TinyT2IAdapter", id="tiny-preset", generation=preset))
+    try:
+        rc = RealCompo(t2i="tiny-preset", l2i="tiny-l2i", planner="fixed")
+        assert (rc.num_steps, rc.guidance_scale, rc.scheduler_name) == (3, 2.0, "euler")
+        assert rc.balance.t0 == 1 and rc.balance.scale_factor == 10.0
+        record = rc("a red car next to a tree", seed=0).record
+        assert record.num_steps == 3 and record.guidance_scale == 2.0 and record.balance["t0"] == 1
+        assert record.scheduler.startswith("Euler")
+        mine = RealCompo(t2i="tiny-preset", l2i="tiny-l2i", planner="fixed", num_steps=4, guidance_scale=1.5,
+                         scheduler="ddim", balance={"scale_factor": 5.0})
+        assert (mine.num_steps, mine.guidance_scale, mine.scheduler_name) == (4, 1.5, "ddim")
+        assert mine.balance.scale_factor == 5.0 and mine.balance.t0 == 1  # key by key
+        plain = RealCompo(t2i="tiny-t2i", l2i="tiny-l2i", planner="fixed")  # no preset: the library defaults
+        assert (plain.num_steps, plain.guidance_scale, plain.scheduler_name, plain.balance.t0) == (50, 7.5, None, None)
+    finally:
+        registry.set_report(None)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("t2i", r"unknown setting\(s\) \['steps'\]"),
+    ("l2i", r"generation= is for T2I presets"),
+])
+def test_a_bad_generation_preset_fails_its_plugin_not_the_host(kind, message):
+    from realcompo_sdk import registry
+
+    target = f"realcompo_sdk.testing.fakes:Tiny{kind.upper()}Adapter"
+    generation = {"steps": 3} if kind == "t2i" else {"num_steps": 3}
+    _registry_with(lambda register: register(target, id="tiny-bad", generation=generation), f"register_{kind}_adapters")
+    try:
+        report = registry.report()
+        assert any(re.search(message, p) for p in report.problems), report.problems
+        assert (kind, "tiny-bad") not in report.registrations and ("t2i", "tiny-t2i") in report.registrations
+    finally:
+        registry.set_report(None)
