@@ -88,3 +88,18 @@ def vocabulary() -> list[str]:
     words += ["small", "big", *COLOURS, *SHAPES, *PLURALS.values(), *COUNT_WORDS.values()]
     words += list(BACKGROUNDS)
     return list(dict.fromkeys(words))
+
+
+CONTROL_SHAPE_LEVELS: dict[str, float] = {"circle": 1.0, "square": 0.8, "triangle": 0.6, "star": 0.4}
+"""Brightness of each shape's label in the Shapes ControlNet's segmentation maps (see `control_palette`)."""
+
+
+def control_palette() -> dict[str, tuple[int, int, int]]:
+    """Label colours of the bundled Shapes ControlNet (the `palette` option of `controlnet-seg`): one per
+    colour–shape pair, the object's own colour at a brightness that names the shape. Sizes and plurals
+    ("big red circle", "red circles") find their pair through the adapter's key matching."""
+    return {
+        f"{colour} {shape}": tuple(round(c * level) for c in rgb)  # type: ignore[misc]
+        for colour, rgb in COLOURS.items()
+        for shape, level in CONTROL_SHAPE_LEVELS.items()
+    }

@@ -86,15 +86,53 @@ def test_gligen_folder_loads_with_standard_classes(trained) -> None:
     assert image.shape == (64, 64, 3)
 
 
-def test_gligen_keeps_the_t2i_weights_frozen(trained) -> None:
+def test_gligen_keeps_the_t2i_weights_frozen_by_default(trained) -> None:
     from safetensors.torch import load_file
 
-    out = trained[0]
+    out, summary = trained
     sd = load_file(str(out / "shapes-sd" / "unet" / "diffusion_pytorch_model.safetensors"))
     gl = load_file(str(out / "shapes-gligen" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert set(sd) < set(gl)
     assert all(".fuser." in k or k.startswith("position_net.") for k in set(gl) - set(sd))
     assert all(torch.equal(sd[k], gl[k]) for k in sd)
+    p = summary["parameters"]
+    assert p["gligen_trainable"] == p["gligen_unet"] - p["unet"]
+
+
+def test_gligen_trainable_base_moves_the_unet_too(trained, tmp_path) -> None:
+    from realcompo_plugin_shapes.training.train_all import main
+    from safetensors.torch import load_file
+
+    first, _ = trained
+    out = tmp_path / "trainable"
+    log = main(["--out", str(out), "--t2i-from", str(first / "shapes-sd"), "--gligen-base", "trainable", *SMOKE_ARGS])
+    sd = load_file(str(out / "shapes-sd" / "unet" / "diffusion_pytorch_model.safetensors"))
+    gl = load_file(str(out / "shapes-gligen" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(sd[k], gl[k]) for k in sd)
+    assert log["parameters"]["gligen_trainable"] == log["parameters"]["gligen_unet"]
+
+
+def test_gligen_from_scratch_shares_nothing_with_the_t2i(trained, tmp_path) -> None:
+    from realcompo_plugin_shapes.training.train_all import main
+    from safetensors.torch import load_file
+
+    first, _ = trained
+    out = tmp_path / "scratch"
+    main(["--out", str(out), "--t2i-from", str(first / "shapes-sd"), "--gligen-base", "scratch",
+          "--gligen-flat-fraction", "0", *SMOKE_ARGS])  # fmt: skip
+    sd = load_file(str(out / "shapes-sd" / "unet" / "diffusion_pytorch_model.safetensors"))
+    gl = load_file(str(out / "shapes-gligen" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert not any(torch.equal(sd[k], gl[k]) for k in sd if sd[k].ndim >= 2)  # convs and linears: fresh draws
+
+
+def test_bad_gligen_recipe_arguments_are_refused(tmp_path, capsys) -> None:
+    from realcompo_plugin_shapes.training.train_all import main
+
+    for flag, value, message in (("--gligen-flat-fraction", "1.5", "between 0 and 1"),
+                                 ("--gligen-base", "half", "invalid choice")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path), flag, value, *SMOKE_ARGS])
+        assert message in capsys.readouterr().err
 
 
 def test_rerun_resumes_from_finished_checkpoints(trained, capsys) -> None:
@@ -172,6 +210,7 @@ def test_grounding_check_sees_no_box_effect_when_the_gates_are_closed(trained, t
     save_file({k: (torch.zeros_like(v) if k.endswith(("alpha_attn", "alpha_dense")) else v) for k, v in state.items()}, weights)
     closed = grounding_losses(folder, scenes=4)
     assert all(v["true"] == v["mirrored"] == v["none"] for v in closed.values())
+    assert all(v["box_share_true"] == v["box_share_mirrored"] for v in closed.values())
     # Open gates, and random position net and fuser outputs (training starts the fusers' output
     # layers at zero): mirroring the boxes must now change the losses.
     generator = torch.Generator().manual_seed(0)
@@ -193,3 +232,18 @@ def test_gligen_max_objects_selects_small_scenes_and_trains(trained, tmp_path) -
     first, _ = trained
     log = main(["--out", str(tmp_path / "one"), "--t2i-from", str(first / "shapes-sd"), "--gligen-max-objects", "1", *SMOKE_ARGS])
     assert log["stages"]["gligen"]["steps"] == 2
+
+
+def test_box_share_says_which_box_holds_the_colour() -> None:
+    from realcompo_plugin_shapes.training.grounding_check import box_share
+
+    grey = torch.full((3, 3, 16, 16), 0.5)
+    boxes = torch.tensor([[0.0, 0.0, 0.25, 0.25]] * 3)
+    mirrored = torch.tensor([[0.75, 0.0, 1.0, 0.25]] * 3)
+    in_true, in_mirror = grey.clone(), grey.clone()
+    in_true[:, 0, 0:4, 0:4] = 1.0  # a red square in the true box
+    in_mirror[:, 0, 0:4, 12:16] = 1.0
+    assert box_share(in_true, boxes, mirrored) > 0.99 and box_share(in_mirror, boxes, mirrored) < 0.01
+    assert abs(box_share(grey, boxes, mirrored) - 0.5) < 1e-3
+    centred = torch.tensor([[0.4, 0.0, 0.6, 0.25]] * 3)  # its mirror overlaps it: not counted
+    assert np.isnan(box_share(in_true, centred, centred))

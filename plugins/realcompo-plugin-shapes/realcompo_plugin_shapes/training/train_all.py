@@ -18,13 +18,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
-import os
-import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import PHRASES, build_pool, gligen_inputs
+from .data import PHRASES, build_pool, caption_token_ids, gligen_inputs
+from .loop import JsonlLog, StageResult, count, device_name, train_stage, versions
 from .models import scheduler_config, text_config, unet_config, vae_config
 
 STAGES = ("vae", "unet", "gligen")
@@ -121,6 +118,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="GLIGEN stage: train only on scenes with at most this many objects (a curriculum: with one object, "
         "where it is can only come from its box)",
     )
+    p.add_argument(
+        "--gligen-base",
+        choices=["trainable", "frozen", "scratch"],
+        default="frozen",
+        help="GLIGEN stage: train only the fusers and position net on the frozen T2I UNet, as GLIGEN does (frozen), "
+        "train the whole UNet from the T2I weights (trainable), or start it from random weights (scratch)",
+    )
+    p.add_argument(
+        "--gligen-flat-fraction",
+        type=float,
+        default=0.8,
+        help="GLIGEN stage: share of targets in the world's flat style (an L2I model that composes well but looks "
+        "plainer than its T2I model, as real ones do)",
+    )
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     args = p.parse_args(argv)
@@ -129,6 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.batch_size = args.batch_size or (512 if cuda else 16)
     args.vae_batch_size = args.vae_batch_size or (128 if cuda else 16)
     args.eval_prompts = (32 if cuda else 0) if args.eval_prompts is None else args.eval_prompts
+    if not 0.0 <= args.gligen_flat_fraction <= 1.0:
+        p.error(f"--gligen-flat-fraction must be between 0 and 1, got {args.gligen_flat_fraction}")
     fractions = [float(x) for x in args.split.split(",")]
     if len(fractions) != 3 or any(f <= 0 for f in fractions):
         p.error(f"--split needs three positive fractions (vae,unet,gligen), got {args.split!r}")
@@ -137,198 +150,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class JsonlLog:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def write(self, **record: Any) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def caption_token_ids(captions: list[str], tokenizer: Any, max_length: int) -> np.ndarray:
-    """Token ids padded to max_length, as SD pipelines tokenize prompts.
-
-    Every grammar word is a single token, so a word → id table is exact and 100× faster than
-    the BPE tokenizer; it is checked against the tokenizer on a sample before use.
-    """
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    table: dict[str, int] = {}
-    for word in {w for c in captions[:5000] for w in c.replace(",", " ,").split()}:
-        ids = tokenizer(word).input_ids
-        if len(ids) != 3:
-            break
-        table[word] = ids[1]
-    out = np.full((len(captions), max_length), eos, dtype=np.int64)
-    out[:, 0] = bos
-    try:
-        for i, c in enumerate(captions):
-            words = c.replace(",", " ,").split()[: max_length - 2]
-            out[i, 1 : 1 + len(words)] = [table[w] for w in words]
-    except KeyError:
-        return tokenizer(
-            captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="np"
-        ).input_ids
-    check = tokenizer(
-        captions[:256], padding="max_length", max_length=max_length, truncation=True, return_tensors="np"
-    ).input_ids
-    if not np.array_equal(check, out[:256]):
-        return tokenizer(
-            captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="np"
-        ).input_ids
-    return out
-
-
-@dataclass
-class StageResult:
-    name: str
-    steps: int = 0
-    seconds: float = 0.0
-    allotted_seconds: float = 0.0
-    final_loss: float | None = None
-    samples_seen: int = 0
-    done: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Ema:
-    """Exponential moving average of a list of parameters (with the usual warm-up)."""
-
-    def __init__(self, params: list[torch.nn.Parameter], decay: float) -> None:
-        self.params = params
-        self.decay = decay
-        self.shadow = [p.detach().clone().float() for p in params]
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - d)
-
-    @torch.no_grad()
-    def copy_to_params(self) -> None:
-        for s, p in zip(self.shadow, self.params):
-            p.copy_(s.to(p.dtype))
-
-
-def train_stage(
-    name: str,
-    params: list[torch.nn.Parameter],
-    loss_fn: Callable[[int], torch.Tensor],
-    *,
-    lr: float,
-    allotted: float,
-    batch_size: int,
-    args: argparse.Namespace,
-    ckpt_path: Path,
-    modules: dict[str, torch.nn.Module],
-    log: JsonlLog,
-    warmup_steps: int = 200,
-) -> StageResult:
-    """Optimise `params` on `loss_fn(step)` until the stage's time (or --max-steps) runs out.
-
-    AdamW, linear warm-up then a cosine decay over the stage's *time* (to 10 %), gradient clip 1,
-    EMA of the parameters (copied into them at the end). Resumes from `ckpt_path`.
-    """
-    # No weight decay on gains, biases, norms and GLIGEN's scalar gates (decay would pull the
-    # gates shut).
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    fused = args.device.startswith("cuda")
-    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), fused=fused)
-    ema = Ema(params, args.ema_decay)
-    result = StageResult(name, allotted_seconds=allotted)
-    step, elapsed, loss_avg = 0, 0.0, None
-    if ckpt_path.exists() and not args.no_resume:
-        state = torch.load(ckpt_path, map_location=args.device, weights_only=True)
-        for key, module in modules.items():
-            module.load_state_dict(state["modules"][key])
-        opt.load_state_dict(state["optimizer"])
-        ema.shadow = [t.to(args.device) for t in state["ema"]]
-        step, elapsed, loss_avg = state["step"], state["elapsed"], state["loss_avg"]
-        result.allotted_seconds = allotted = state["allotted"]
-        if state["done"]:
-            ema.copy_to_params()
-            result.steps, result.seconds, result.final_loss, result.done = step, elapsed, loss_avg, True
-            result.samples_seen = step * batch_size
-            print(f"[{name}] already trained ({step} steps), loaded {ckpt_path}", flush=True)
-            return result
-        print(f"[{name}] resuming at step {step} ({elapsed:.0f}s of {allotted:.0f}s)", flush=True)
-
-    def save(done: bool) -> None:
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "modules": {k: m.state_dict() for k, m in modules.items()},
-                "optimizer": opt.state_dict(),
-                "ema": ema.shadow,
-                "step": step,
-                "elapsed": elapsed,
-                "loss_avg": loss_avg,
-                "allotted": allotted,
-                "done": done,
-            },
-            tmp,
-        )
-        os.replace(tmp, ckpt_path)
-
-    bar = None
-    if not args.no_progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=round(allotted), initial=round(elapsed), unit="s", desc=f"{name:6s}", dynamic_ncols=True)
-    start, last_ckpt = time.perf_counter() - elapsed, time.perf_counter()
-    for p in params:
-        p.requires_grad_(True)
-    window = torch.zeros((), device=args.device)  # loss summed on the device since the last log
-    window_steps = 0
-    while True:
-        elapsed = time.perf_counter() - start
-        if elapsed >= allotted or (args.max_steps is not None and step >= args.max_steps):
-            break
-        frac = min(1.0, elapsed / max(allotted, 1e-6))
-        cur_lr = lr * min(1.0, (step + 1) / warmup_steps) * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
-        for g in opt.param_groups:
-            g["lr"] = cur_lr
-        loss = loss_fn(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update(step)
-        step += 1
-        window += loss.detach()
-        window_steps += 1
-        if step % 25 == 0 or step == 1:
-            # Mean loss over the steps since the last record; the only host sync, every 25 steps.
-            loss_avg = float(window) / window_steps
-            window.zero_()
-            window_steps = 0
-            log.write(stage=name, step=step, loss=loss_avg, lr=cur_lr, elapsed=round(elapsed, 2))
-            if bar is not None:
-                bar.set_postfix(step=step, loss=f"{loss_avg:.4f}")
-                bar.update(max(0, round(elapsed) - bar.n))
-        if time.perf_counter() - last_ckpt >= args.checkpoint_every:
-            save(done=False)
-            last_ckpt = time.perf_counter()
-    if window_steps:
-        loss_avg = float(window) / window_steps
-    ema.copy_to_params()
-    # The EMA now lives in the parameters; the checkpoint keeps it in both places.
-    save(done=True)
-    if bar is not None:
-        bar.update(max(0, round(elapsed) - bar.n))
-        bar.close()
-    result.steps, result.seconds, result.final_loss, result.done = step, elapsed, loss_avg, True
-    result.samples_seen = step * batch_size
-    print(f"[{name}] {step} steps in {elapsed:.1f}s, loss {loss_avg}", flush=True)
-    return result
-
-
-# --------------------------------------------------------------------------- the run
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -343,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # Scenes first, in forked processes, before anything touches the GPU.
     pool = build_pool(args.pool_size, args.seed, args.workers)
+    # The same scenes in the flat style, for the GLIGEN stage's plainer targets.
+    flat_pool = build_pool(args.pool_size, args.seed, args.workers, style="flat") if args.gligen_flat_fraction > 0 else None
     t_pool = time.perf_counter() - t_start
     print(f"[data] {len(pool.captions)} scenes in {t_pool:.1f}s", flush=True)
 
@@ -432,6 +255,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             means.append(dist.mean.to(amp_dtype or torch.float32))
             stds.append(dist.std.to(amp_dtype or torch.float32))
     lat_mean, lat_std = torch.cat(means), torch.cat(stds)
+    flat_mean = flat_std = None
+    if flat_pool is not None:
+        means, stds = [], []
+        flat_images = torch.as_tensor(flat_pool.images).permute(0, 3, 1, 2).contiguous()
+        with torch.no_grad(), autocast():
+            for i in range(0, n_pool, 1024):
+                dist = vae.encode(flat_images[i : i + 1024].to(device).float() / 127.5 - 1.0).latent_dist
+                means.append(dist.mean.to(amp_dtype or torch.float32))
+                stds.append(dist.std.to(amp_dtype or torch.float32))
+        flat_mean, flat_std = torch.cat(means), torch.cat(stds)
     probe = lat_mean[:4096].float() + lat_std[:4096].float() * torch.randn_like(lat_mean[:4096].float())
     scaling_factor = float(1.0 / probe.std())
     if args.t2i_from is not None:  # the loaded UNet was trained with the folder's factor
@@ -460,9 +293,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     x0_weight = torch.clamp(1.0 / snr, max=args.x0_weight_cap)
 
     def noisy_latents(
-        idx: torch.Tensor, noise_bias: float = 1.0
+        idx: torch.Tensor, noise_bias: float = 1.0, flat_fraction: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, sd = lat_mean[idx].float(), lat_std[idx].float()
+        if flat_fraction > 0 and flat_mean is not None:
+            flat = (torch.rand(idx.shape[0], device=device, generator=gen) < flat_fraction)[:, None, None, None]
+            mu = torch.where(flat, flat_mean[idx].float(), mu)
+            sd = torch.where(flat, flat_std[idx].float(), sd)
         z0 = (mu + sd * torch.randn_like(mu)) * scaling_factor
         if noise_bias == 1.0:
             t = torch.randint(0, 1000, (idx.shape[0],), device=device, generator=gen)
@@ -498,21 +335,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     te.eval().requires_grad_(False)
     unet.eval().requires_grad_(False)
 
-    # ---------------- stage 3: GLIGEN (frozen UNet + trainable fuser layers and position net)
+    # ---------------- stage 3: GLIGEN (gated UNet: fuser layers, position net and, unless frozen, the UNet)
     torch.manual_seed(args.seed + 3)
     gunet = UNet2DConditionModel(**unet_config(gated=True)).to(device)
-    missing, unexpected = gunet.load_state_dict(unet.state_dict(), strict=False)
-    new_keys = [k for k in missing if ".fuser." not in k and not k.startswith("position_net.")]
-    if new_keys or unexpected:
-        raise RuntimeError(
-            f"gated UNet does not extend the T2I UNet: missing {new_keys[:5]}, unexpected {unexpected[:5]}"
-        )
-    gunet.requires_grad_(False)
+    if args.gligen_base != "scratch":
+        missing, unexpected = gunet.load_state_dict(unet.state_dict(), strict=False)
+        new_keys = [k for k in missing if not is_grounding_key(k)]
+        if new_keys or unexpected:
+            raise RuntimeError(
+                f"gated UNet does not extend the T2I UNet: missing {new_keys[:5]}, unexpected {unexpected[:5]}"
+            )
     if args.gligen_init is not None:
         load_grounding_layers(gunet, args.gligen_init)
     else:
         open_fuser_gates(gunet)
-    trainable = [p for n, p in gunet.named_parameters() if ".fuser." in n or n.startswith("position_net.")]
+    if args.gligen_base == "frozen":
+        gunet.requires_grad_(False)
+        trainable = [p for n, p in gunet.named_parameters() if is_grounding_key(n)]
+    else:
+        trainable = list(gunet.parameters())
     gunet.train()
     with torch.no_grad():
         # Exactly what StableDiffusionGLIGENPipeline feeds: pooler_output of each phrase alone.
@@ -528,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             idx = batch_index()
         else:
             idx = gligen_pool[torch.randint(0, gligen_pool.numel(), (bs,), device=device, generator=gen)]
-        zt, noise, t = noisy_latents(idx, args.gligen_noise_bias)
+        zt, noise, t = noisy_latents(idx, args.gligen_noise_bias, args.gligen_flat_fraction)
         b = idx.shape[0]
         keep = (torch.rand(b, device=device, generator=gen) >= args.grounding_dropout).float()
         grounding = gligen_inputs(boxes[idx], phrase_idx[idx], phrase_table, keep)
@@ -622,6 +463,11 @@ def open_fuser_gates(gunet: torch.nn.Module, gate: float = 0.5) -> None:
 
 
 @torch.no_grad()
+def is_grounding_key(name: str) -> bool:
+    """A parameter GLIGEN adds to the UNet: fuser layers and the position net."""
+    return ".fuser." in name or name.startswith("position_net.")
+
+
 def load_grounding_layers(gunet: torch.nn.Module, folder: Path) -> None:
     """Copy the fuser layers and position net of a trained GLIGEN folder into `gunet`."""
     from safetensors.torch import load_file
@@ -632,38 +478,14 @@ def load_grounding_layers(gunet: torch.nn.Module, folder: Path) -> None:
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(f))
-    grounding = {k: v.float() for k, v in state.items() if ".fuser." in k or k.startswith("position_net.")}
-    own = {k for k in gunet.state_dict() if ".fuser." in k or k.startswith("position_net.")}
+    grounding = {k: v.float() for k, v in state.items() if is_grounding_key(k)}
+    own = {k for k in gunet.state_dict() if is_grounding_key(k)}
     if set(grounding) != own:
         missing, extra = sorted(own - set(grounding)), sorted(set(grounding) - own)
         raise ValueError(
             f"--gligen-init: {folder} does not match the Shapes GLIGEN UNet (missing {missing[:3]}, unexpected {extra[:3]})"
         )
     gunet.load_state_dict(grounding, strict=False)
-
-
-def count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return (
-        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    )
-
-
-def versions() -> dict[str, str]:
-    import diffusers
-    import transformers
-
-    return {
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def save_folders(out: Path, vae: Any, te: Any, tokenizer: Any, unet: Any, gunet: Any) -> dict[str, Any]:
