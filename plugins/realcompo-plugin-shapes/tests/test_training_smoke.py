@@ -247,3 +247,21 @@ def test_box_share_says_which_box_holds_the_colour() -> None:
     assert abs(box_share(grey, boxes, mirrored) - 0.5) < 1e-3
     centred = torch.tensor([[0.4, 0.0, 0.6, 0.25]] * 3)  # its mirror overlaps it: not counted
     assert np.isnan(box_share(in_true, centred, centred))
+
+
+def test_gligen_recipe_with_auxiliary_losses_trains_and_continues_whole(trained, tmp_path) -> None:
+    from realcompo_plugin_shapes.training.train_all import main
+    from safetensors.torch import load_file
+
+    first, _ = trained
+    recipe = ["--t2i-from", str(first / "shapes-sd"), "--gligen-base", "trainable", "--gligen-attention-loss", "0.5",
+              "--gligen-position-loss", "3", "--gligen-loss-weight", "x0"]  # fmt: skip
+    log = main(["--out", str(tmp_path / "aux"), *recipe, *SMOKE_ARGS])
+    assert log["stages"]["gligen"]["steps"] == 2 and np.isfinite(log["stages"]["gligen"]["final_loss"])
+    folder = tmp_path / "aux" / "shapes-gligen"
+    # continuing with a trainable base starts from the folder's whole UNet (lr 0: nothing moves)
+    args = ["--out", str(tmp_path / "more"), *recipe, "--gligen-init", str(folder), "--lr-gligen", "0", *SMOKE_ARGS]
+    main(args)
+    given = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    saved = load_file(tmp_path / "more" / "shapes-gligen" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(given[k], saved[k]) for k in given)

@@ -144,3 +144,64 @@ class FuserPositionRegression(torch.nn.Module):
             errors.append(((head(tokens) - target) ** 2).mean())
         self.seen.clear()
         return torch.stack(errors).mean()
+
+
+class GroundingAuxiliary:
+    """Both auxiliary losses as one training recipe, shared by `grounding_probe` and `train_all`.
+
+    `watch()` wraps the training forward (the position heads read it; so does the attention loss
+    with ``attention_input="batch"``); `loss(...)` then adds, with ``attention_input="noise"``, an
+    extra forward of `noise_samples` samples on pure noise at t = 999, where nothing but the boxes
+    can say where the objects are, and returns the weighted sum and its parts."""
+
+    def __init__(self, unet: torch.nn.Module, num_grounding: int, *, attention_weight: float = 0.0,
+                 position_weight: float = 0.0, target: Literal["share", "absolute"] = "absolute",
+                 attention_input: Literal["batch", "noise"] = "noise", noise_samples: int = 8) -> None:  # fmt: skip
+        self.attention = FuserAttentionSupervision(unet, num_grounding, target) if attention_weight > 0 else None
+        self.position = FuserPositionRegression(unet) if position_weight > 0 else None
+        self.attention_weight, self.position_weight = attention_weight, position_weight
+        self.attention_input, self.noise_samples = attention_input, noise_samples
+
+    @property
+    def active(self) -> bool:
+        return self.attention is not None or self.position is not None
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The position heads' parameters (train them with the model; they are not saved)."""
+        return list(self.position.parameters()) if self.position is not None else []
+
+    def watch(self) -> Any:
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        if self.attention is not None and self.attention_input == "batch":
+            stack.enter_context(self.attention.capturing())
+        if self.position is not None:
+            stack.enter_context(self.position.capturing())
+        return stack
+
+    def loss(self, unet: torch.nn.Module, boxes: torch.Tensor, grounded: torch.Tensor, gligen: dict[str, torch.Tensor],
+             context: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+        """boxes (B, K, 4), grounded (B,) and `gligen` (the cross_attention_kwargs["gligen"] inputs) of the
+        training batch; context its text embeddings."""
+        total, parts = boxes.new_zeros(()), {}
+        if self.attention is not None:
+            if self.attention_input == "noise":
+                m = min(self.noise_samples, boxes.shape[0])
+                shape = (m, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+                where = generator.device if generator is not None else boxes.device
+                sample = torch.randn(shape, generator=generator, device=where).to(boxes.device)
+                inputs = {k: v[:m] for k, v in gligen.items()}
+                inputs["masks"] = (inputs["boxes"][..., 2] > inputs["boxes"][..., 0]).to(inputs["masks"].dtype)
+                position = self.position.capturing() if self.position is not None else _Switch([])
+                with self.attention.capturing(), position:
+                    unet(sample, torch.full((m,), 999, device=boxes.device), context[:m], cross_attention_kwargs={"gligen": inputs})
+                boxes, grounded = boxes[:m], torch.ones(m, device=boxes.device)
+            attention = self.attention.loss(boxes, grounded)
+            parts["attention"] = float(attention.detach())
+            total = total + self.attention_weight * attention
+        if self.position is not None:
+            position = self.position.loss()
+            parts["position"] = float(position.detach())
+            total = total + self.position_weight * position
+        return total, parts

@@ -18,7 +18,6 @@ of 32 on one CPU core.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from .. import WEIGHTS_DIR
 from ..scenes import generate_scenes
 from .data import PHRASES, gligen_inputs, grounding_phrases
-from .grounding_attention import FuserAttentionSupervision, FuserPositionRegression
+from .grounding_attention import GroundingAuxiliary
 from .grounding_check import box_share
 from .models import MAX_OBJS, unet_config
 from .train_all import open_fuser_gates
@@ -59,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--log", type=Path, default=None, help="also append the JSON lines to this file")
+    p.add_argument("--save", type=Path, default=None,
+                   help="write the trained model as DIR/shapes-gligen (with DIR/shapes-sd, the T2I folder it used), "
+                        "for train_all --gligen-init")  # fmt: skip
     args = p.parse_args(argv)
     for name in ("steps", "eval_every", "batch_size", "pool_size", "eval_scenes"):
         if getattr(args, name) < 1:
@@ -115,11 +117,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             p.requires_grad_(True)
     else:
         params = list(unet.parameters())
-    attention = FuserAttentionSupervision(unet, MAX_OBJS, args.attention_target) if args.attention_loss > 0 else None
-    position = FuserPositionRegression(unet) if args.position_loss > 0 else None
-    if position is not None:
-        position.to(device)
-        params += list(position.parameters())
+    aux = GroundingAuxiliary(unet, MAX_OBJS, attention_weight=args.attention_loss, position_weight=args.position_loss,
+                             target=args.attention_target, attention_input=args.attention_input)  # fmt: skip
+    if aux.position is not None:
+        aux.position.to(device)
+    params += aux.parameters()
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     snr = alphas / (1 - alphas)
     x0_weight = torch.clamp(1 / snr, max=20.0)  # the x0 loss of train_all's --gligen-loss-weight x0
@@ -137,27 +139,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         context = torch.where(keep, train["context"][i], empty.expand(bs, -1, -1))
         grounded = (torch.rand(bs, generator=gen) >= 0.1).float().to(device)
         inputs = gligen_inputs(train["boxes"][i], train["idx"][i], table, grounded)
-        watch_batch = attention is not None and args.attention_input == "batch"
-        with (attention.capturing() if watch_batch else contextlib.nullcontext()), \
-             (position.capturing() if position is not None else contextlib.nullcontext()):  # fmt: skip
+        with aux.watch():
             pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, context, cross_attention_kwargs={"gligen": inputs}).sample
         loss = (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * x0_weight[t]).mean()
         sums["loss"] += float(loss.detach())
-        if attention is not None:
-            boxes, weight = train["boxes"][i], grounded
-            if args.attention_input == "noise":  # pure noise: nothing but the box can say where
-                m = min(8, bs)
-                boxes, weight = boxes[:m], torch.ones(m, device=device)
-                with attention.capturing(), (position.capturing() if position is not None else contextlib.nullcontext()):
-                    unet(torch.randn(m, *z0.shape[1:], generator=gen).to(device), torch.full((m,), 999, device=device), context[:m],
-                         cross_attention_kwargs={"gligen": gligen_inputs(boxes, train["idx"][i[:m]], table)})  # fmt: skip
-            extra = attention.loss(boxes, weight)
-            sums["attention"] += float(extra.detach())
-            loss = loss + args.attention_loss * extra
-        if position is not None:
-            extra = position.loss()
-            sums["position"] += float(extra.detach())
-            loss = loss + args.position_loss * extra
+        if aux.active:
+            extra, parts = aux.loss(unet, train["boxes"][i], grounded, inputs, context, gen)
+            loss = loss + extra
+            for name, value in parts.items():
+                sums[name] += value
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -173,6 +163,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if args.log is not None:
                 with args.log.open("a") as f:
                     f.write(line + "\n")
+    if args.save is not None:
+        from .train_all import save_folders
+
+        t2i_unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet")
+        save_folders(args.save, vae.cpu(), te, tokenizer, t2i_unet, unet.cpu().eval())
     return records
 
 

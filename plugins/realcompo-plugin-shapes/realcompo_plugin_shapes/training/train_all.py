@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from .data import PHRASES, build_pool, caption_token_ids, gligen_inputs
+from .grounding_attention import GroundingAuxiliary
 from .loop import JsonlLog, StageResult, count, device_name, train_stage, versions
-from .models import scheduler_config, text_config, unet_config, vae_config
+from .models import MAX_OBJS, scheduler_config, text_config, unet_config, vae_config
 
 STAGES = ("vae", "unet", "gligen")
 
@@ -94,7 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gligen-init",
         type=Path,
         default=None,
-        help="a trained shapes-gligen folder whose fuser layers and position net start the GLIGEN stage (continue training; use with --t2i-from)",
+        help="a trained shapes-gligen folder that starts the GLIGEN stage (continue training; use with --t2i-from): its "
+        "fuser layers and position net, and with --gligen-base trainable or scratch its whole UNet",
     )
     p.add_argument(
         "--gligen-noise-bias",
@@ -126,6 +128,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "train the whole UNet from the T2I weights (trainable), or start it from random weights (scratch)",
     )
     p.add_argument(
+        "--gligen-attention-loss",
+        type=float,
+        default=0.0,
+        help="GLIGEN stage: weight of the fuser attention supervision on pure noise (grounding_attention.py); "
+        "0 = GLIGEN's diffusion loss alone",
+    )
+    p.add_argument(
+        "--gligen-position-loss",
+        type=float,
+        default=0.0,
+        help="GLIGEN stage: weight of the position heads on the fusers' inputs (grounding_attention.py; the heads are "
+        "not saved)",
+    )
+    p.add_argument(
         "--gligen-flat-fraction",
         type=float,
         default=0.8,
@@ -140,6 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.batch_size = args.batch_size or (512 if cuda else 16)
     args.vae_batch_size = args.vae_batch_size or (128 if cuda else 16)
     args.eval_prompts = (32 if cuda else 0) if args.eval_prompts is None else args.eval_prompts
+    if args.gligen_attention_loss < 0 or args.gligen_position_loss < 0:
+        p.error("--gligen-attention-loss and --gligen-position-loss must be ≥ 0")
     if not 0.0 <= args.gligen_flat_fraction <= 1.0:
         p.error(f"--gligen-flat-fraction must be between 0 and 1, got {args.gligen_flat_fraction}")
     fractions = [float(x) for x in args.split.split(",")]
@@ -346,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"gated UNet does not extend the T2I UNet: missing {new_keys[:5]}, unexpected {unexpected[:5]}"
             )
     if args.gligen_init is not None:
-        load_grounding_layers(gunet, args.gligen_init)
+        load_grounding_layers(gunet, args.gligen_init, whole_unet=args.gligen_base != "frozen")
     else:
         open_fuser_gates(gunet)
     if args.gligen_base == "frozen":
@@ -354,6 +372,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainable = [p for n, p in gunet.named_parameters() if is_grounding_key(n)]
     else:
         trainable = list(gunet.parameters())
+    aux = GroundingAuxiliary(gunet, MAX_OBJS, attention_weight=args.gligen_attention_loss,
+                             position_weight=args.gligen_position_loss)  # fmt: skip
+    gligen_modules: dict[str, torch.nn.Module] = {"gligen_unet": gunet}
+    if aux.position is not None:
+        aux.position.to(device)
+        gligen_modules["position_heads"] = aux.position
     gunet.train()
     with torch.no_grad():
         # Exactly what StableDiffusionGLIGENPipeline feeds: pooler_output of each phrase alone.
@@ -375,18 +399,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         grounding = gligen_inputs(boxes[idx], phrase_idx[idx], phrase_table, keep)
         with torch.no_grad(), autocast():
             context = te(dropped_captions(idx, args.gligen_caption_dropout))[0]
-        with autocast():
+        with autocast(), aux.watch():
             pred = gunet(
                 zt, t, context,
                 cross_attention_kwargs={"gligen": grounding},
             ).sample  # fmt: skip
         per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
         weight = x0_weight if args.gligen_loss_weight == "x0" else min_snr_weight
-        return (per_sample * weight[t]).mean()
+        loss = (per_sample * weight[t]).mean()
+        if aux.active:
+            with autocast():
+                extra, _ = aux.loss(gunet, boxes[idx].float(), keep, grounding, context, gen)
+            loss = loss + extra.float()
+        return loss
 
     results["gligen"] = train_stage(
-        "gligen", trainable, gligen_loss, lr=args.lr_gligen, allotted=allot["gligen"],
-        batch_size=bs, args=args, ckpt_path=ckpt["gligen"], modules={"gligen_unet": gunet}, log=log,
+        "gligen", trainable + aux.parameters(), gligen_loss, lr=args.lr_gligen, allotted=allot["gligen"],
+        batch_size=bs, args=args, ckpt_path=ckpt["gligen"], modules=gligen_modules, log=log,
     )  # fmt: skip
     gunet.eval().requires_grad_(False)
 
@@ -468,8 +497,9 @@ def is_grounding_key(name: str) -> bool:
     return ".fuser." in name or name.startswith("position_net.")
 
 
-def load_grounding_layers(gunet: torch.nn.Module, folder: Path) -> None:
-    """Copy the fuser layers and position net of a trained GLIGEN folder into `gunet`."""
+def load_grounding_layers(gunet: torch.nn.Module, folder: Path, whole_unet: bool = False) -> None:
+    """Copy the fuser layers and position net of a trained GLIGEN folder into `gunet` (with
+    `whole_unet`, every weight: a GLIGEN trained with its base UNet)."""
     from safetensors.torch import load_file
 
     files = sorted((folder / "unet").glob("*.safetensors"))
@@ -485,6 +515,9 @@ def load_grounding_layers(gunet: torch.nn.Module, folder: Path) -> None:
         raise ValueError(
             f"--gligen-init: {folder} does not match the Shapes GLIGEN UNet (missing {missing[:3]}, unexpected {extra[:3]})"
         )
+    if whole_unet:
+        gunet.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        return
     gunet.load_state_dict(grounding, strict=False)
 
 
