@@ -12,7 +12,7 @@ and checks that the balanced and reference latents agree in float32. VAE decodin
 
     python benchmarks/balance_speed.py --size full --device cuda --steps 50      # GPU, 512²
     python benchmarks/balance_speed.py --size small --device cpu --steps 10      # CPU
-    python benchmarks/balance_speed.py --size shapes --device cpu --resolution 64  # bundled Shapes models
+    python benchmarks/balance_speed.py --size shapes --device cpu --resolution 64  # bundled shapes-sd + shapes-controlnet
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", choices=sorted(SIZES) + ["shapes"], default="small",
-                   help="full: SD1.5/GLIGEN-sized random UNets; small: same structure, 10x fewer channels; shapes: the bundled trained models")
+                   help="full: SD1.5/GLIGEN-sized random UNets; small: same structure, 10x fewer channels; shapes: the bundled trained models (shapes-sd + shapes-controlnet)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="float16 (default on cuda) or float32")
     p.add_argument("--steps", type=int, default=50)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
         dtype_name = str(dtype).replace("torch.", "")
         sd = registry.create("t2i", "shapes-sd", device=args.device, dtype=dtype_name)
-        gl = registry.create("l2i", "shapes-gligen", device=args.device, dtype=dtype_name)
+        gl = registry.create("l2i", "shapes-controlnet", share_with=sd)  # on the T2I's UNet, as RealCompo runs it
         layout_prompt = ("a red circle to the left of a blue square", [("red circle", (0.1, 0.3, 0.4, 0.7)), ("blue square", (0.6, 0.3, 0.9, 0.7))])
     else:
         tokenizer = tiny_tokenizer()
@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         gl = in_memory(GligenAdapter, build_unet(args.size, True, 1), build_text_encoder(args.size, tokenizer), tokenizer, device, dtype)
         layout_prompt = ("a red cat to the left of a blue dog", [("red cat", (0.05, 0.3, 0.45, 0.8)), ("blue dog", (0.55, 0.3, 0.95, 0.8))])
     build_s = time.perf_counter() - t0
-    weights_gib = sum(p.numel() * p.element_size() for a in (sd, gl) for p in list(a.unet.parameters()) + list(a.text_encoder.parameters())) / 2**30
+    modules = [m for a in (sd, gl) for m in (a.unet, a.text_encoder, getattr(a, "controlnet", None)) if m is not None]
+    unique = {id(p): p for m in modules for p in m.parameters()}  # a shared UNet counts once
+    weights_gib = sum(p.numel() * p.element_size() for p in unique.values()) / 2**30
 
     layout = Layout.from_boxes(*layout_prompt)
 

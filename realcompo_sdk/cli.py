@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layout", metavar="JSON", help="layout file (skips the planner)")
     g.add_argument("-o", "--output", default="realcompo.png", help="output PNG (batch: name-0.png, name-1.png, ...)")
     g.add_argument("--t2i", default="shapes-sd", help="T2I adapter id (default: shapes-sd, bundled, offline)")
-    g.add_argument("--l2i", action="append", help="L2I adapter id, repeatable (default: shapes-gligen)")
+    g.add_argument("--l2i", action="append", help="L2I adapter id, repeatable (default: shapes-controlnet, bundled, offline)")
     g.add_argument("--t2i-option", action="append", metavar="KEY=VALUE")
     g.add_argument("--l2i-option", action="append", metavar="KEY=VALUE", help="applied to every L2I adapter")
     g.add_argument("--set", action="append", metavar="KEY=VALUE", help="balancer option, e.g. --set t0=10 --set scale_factor=1e5")
@@ -123,7 +123,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .compose import RealCompo
+    from .compose import DEFAULT_L2I, RealCompo
     from .images import influence_grid, layout_overlay, save_png, write_atomic
     from .layout import load_layout
 
@@ -135,7 +135,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not layout_path.exists():
             raise RealCompoError(f"layout file {layout_path} does not exist")
         layout = load_layout(layout_path.read_text())
-    l2i_ids = args.l2i or ["shapes-gligen"]
+    l2i_ids = args.l2i or [DEFAULT_L2I]
     l2i_options = _parse_pairs(args.l2i_option, "--l2i-option")
     rc = RealCompo(
         t2i=args.t2i, l2i=l2i_ids, planner=None if layout is not None else args.planner,

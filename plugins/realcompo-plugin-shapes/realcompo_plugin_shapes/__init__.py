@@ -1,5 +1,6 @@
 """The Shapes world for RealCompo: procedural scenes, a caption grammar, an exact evaluator, and
-tiny trained Stable Diffusion and GLIGEN folders (`weights/shapes-sd`, `weights/shapes-gligen`).
+tiny trained model folders (`weights/shapes-sd`, a Stable Diffusion pipeline; `weights/shapes-controlnet`,
+a segmentation ControlNet on it; `weights/shapes-gligen`, a GLIGEN pipeline, when shipped).
 
 Importing this package imports numpy only; the training scripts import torch and diffusers.
 """
@@ -27,9 +28,10 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def weights_path(name: str) -> Path:
-    """Folder of a shipped model: `shapes-sd` (StableDiffusionPipeline) or `shapes-gligen`."""
+    """Folder of a shipped model: `shapes-sd` (StableDiffusionPipeline), `shapes-controlnet`
+    (ControlNetModel) or `shapes-gligen` (StableDiffusionGLIGENPipeline)."""
     folder = WEIGHTS_DIR / name
-    if not (folder / "model_index.json").exists():
+    if not ((folder / "model_index.json").exists() or (folder / "config.json").exists()):
         raise FileNotFoundError(
             f"no trained weights at {folder}; train them with "
             "`python -m realcompo_plugin_shapes.training.train_all --out DIR` and copy "
