@@ -3,7 +3,7 @@
 Builds SD1.5- and GLIGEN-shaped UNets with random weights (the architecture, not the values,
 sets the cost) and times, in one process, interleaved, after a warm-up:
 
-- plain T2I (SD) and plain L2I (GLIGEN) sampling with CFG,
+- plain T2I (SD) and plain L2I (GLIGEN, or the Shapes ControlNet) sampling with CFG,
 - the balanced sampler (`realcompo_sdk.sampler.balanced_sample`),
 - the same algorithm in the official pass structure (`realcompo_sdk.testing.reference`),
 
@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = BalanceOptions(scale_factor=1e6)  # t0 = 40 % of the steps (20 of 50), as the official default
     runs: dict[str, Any] = {
-        "plain SD": lambda: run_plain(0),
-        "plain GLIGEN": lambda: run_plain(1),
+        "plain T2I": lambda: run_plain(0),
+        "plain L2I": lambda: run_plain(1),
         "balanced": lambda: balanced_sample(problem([sd, gl], args.steps, opts)).latents,
         "official structure": lambda: reference_sample(problem([sd, gl], args.steps, opts)),
     }
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:20s} run {r}: {times[name][-1]:.2f} s", flush=True)
 
     med = {k: statistics.median(v) for k, v in times.items() if v}
-    plain = med["plain SD"] + med["plain GLIGEN"]
+    plain = med["plain T2I"] + med["plain L2I"]
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "size": args.size, "dtype": str(dtype).replace("torch.", ""),

@@ -89,7 +89,10 @@ def influence_grid(influence: list[Any], names: list[str], sample: int = 0, colu
     if steps == 0:
         raise ValueError("no influence maps were recorded (pass record_influence=True)")
     chosen = sorted({round(i * (steps - 1) / max(columns - 1, 1)) for i in range(min(columns, steps))})
-    label_w, header = 110, 16
+    # The label column fits the longest adapter id (ids like "shapes-controlnet" must stay readable).
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(110, 12 + max((round(measure.textlength(n)) for n in names), default=0))
+    header = 16
     grid = Image.new("RGB", (label_w + cell * len(chosen), header + cell * len(names)), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     for c, step in enumerate(chosen):
@@ -100,5 +103,5 @@ def influence_grid(influence: list[Any], names: list[str], sample: int = 0, colu
             tile = Image.fromarray(m, mode="L").resize((cell, cell), Image.NEAREST).convert("RGB")
             grid.paste(tile, (label_w + c * cell, header + r * cell))
     for r, name in enumerate(names):
-        draw.text((4, header + r * cell + cell // 2 - 6), name[:16], fill=(0, 0, 0))
+        draw.text((4, header + r * cell + cell // 2 - 6), name, fill=(0, 0, 0))
     return grid

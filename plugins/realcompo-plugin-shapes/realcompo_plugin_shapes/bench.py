@@ -44,6 +44,10 @@ OFFICIAL = {
 """The official code's behaviour (docs/algorithm.md): every compatibility switch on."""
 
 
+TUNED = ("scale_factor", "t0", "attention_resolution")
+"""The balancer settings the tuning grid searches (and a report names)."""
+
+
 @dataclass(frozen=True)
 class Method:
     label: str
@@ -347,6 +351,9 @@ def merge(parts: list[dict[str, Any]], command: str) -> dict[str, Any]:
             raise SystemExit(f"--merge: the runs differ in {differing}; merge runs of one set, seeds and sampler only")
     merged = {**parts[0], "command": command, "merged": [p["command"] for p in parts], "methods": {}}
     for part in parts:
+        twice = sorted(set(part["methods"]) & set(merged["methods"]))
+        if twice:  # one would silently replace the other
+            raise SystemExit(f"--merge: method(s) {twice} are in more than one run; merge runs of different methods")
         merged["methods"].update(part["methods"])
     return merged
 
@@ -357,16 +364,21 @@ def _safe(key: str) -> str:
 
 def report(results: dict[str, Any], resamples: int) -> str:
     methods = results["methods"]
-    names = {k: m["label"] for k, m in methods.items()}
+    which = results["set"]
+    balances = {k: _balance_text(m["balance"]) for k, m in methods.items() if m["mode"] == "balanced" and m["balance"]}
+    # Merged runs made with different --set: each balanced row says what it ran with. (Tuning rows
+    # already name their grid point; ablation rows differ only in what their name says.)
+    per_row = which == "heldout" and _runs_differ(methods)
+    names = {k: m["label"] + (f" [{balances[k]}]" if per_row and k in balances else "") for k, m in methods.items()}
     records = {k: m["images"] for k, m in methods.items()}
     rows = {names[k]: summary(records[k], resamples) for k in methods}
     for k, m in methods.items():
         m["summary"] = rows[names[k]]
-    which = results["set"]
-    balance = next((m["balance"] for m in methods.values() if m["mode"] == "balanced" and m["balance"]), None)
+    first_rc = next((balances[k] for k in balances if k.startswith("rc:")), next(iter(balances.values()), "–"))
+    balance_text = "given on each row" if per_row else first_rc
     setting = (f"{'Tuning' if which == 'tuning' else 'Held-out'} set: {len(results['prompts'])} captions (seed "
                f"{SETS[which]}) × {results['seeds']} seeds, {results['steps']} {results['scheduler']} steps, guidance "
-               f"{results['guidance']}. Balancer of the RealCompo rows: {_balance_text(balance)} (the ablation rows "
+               f"{results['guidance']}. Balancer of the RealCompo rows: {balance_text} (the ablation rows "
                "change only what their name says).")  # fmt: skip
     text = [setting, "", "Means with 95 % bootstrap intervals over captions.", "", results_table(rows), ""]
     if which == "heldout":
@@ -379,11 +391,24 @@ def report(results: dict[str, Any], resamples: int) -> str:
     return "\n".join(text) + "\n"
 
 
+def _runs_differ(methods: dict[str, Any]) -> bool:
+    """Whether balanced rows disagree on a tuned setting that their methods do not set themselves."""
+    seen: dict[str, set[Any]] = {}
+    for key, m in methods.items():
+        if m["mode"] != "balanced" or not m["balance"]:
+            continue
+        known = methods_for(m["l2i"]).get(key)
+        own = known.balance if known else {}
+        for setting in TUNED:
+            if setting not in own:
+                seen.setdefault(setting, set()).add(m["balance"].get(setting))
+    return any(len(values) > 1 for values in seen.values())
+
+
 def _balance_text(balance: dict[str, Any] | None) -> str:
     if not balance:
         return "–"
-    keys = ("scale_factor", "t0", "attention_resolution")
-    return ", ".join(f"{k}={balance.get(k)}" for k in keys)
+    return ", ".join(f"{k}={balance.get(k)}" for k in TUNED)
 
 
 def grid(results: dict[str, Any], image_dirs: list[Path], rows: int) -> Any:

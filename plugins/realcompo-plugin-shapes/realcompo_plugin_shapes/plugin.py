@@ -15,8 +15,9 @@ from .world import control_palette
 WEIGHTS = Path(__file__).parent / "weights"
 
 # How RealCompo samples with `shapes-sd` unless the caller says otherwise: the tiny models need
-# neither 50 steps nor guidance 7.5 (docs/benchmarks.md, "Shapes world").
-GENERATION = {"num_steps": 25, "guidance_scale": 5.0, "scheduler": "ddim"}
+# neither 50 steps nor guidance 7.5, and the balancer's warm-up (t0, in steps: 60 % of 25) is the
+# tuning grid's pick on the tuning captions (docs/benchmarks.md, "Shapes world").
+GENERATION = {"num_steps": 25, "guidance_scale": 5.0, "scheduler": "ddim", "balance": {"t0": 15}}
 
 
 @hookimpl

@@ -48,6 +48,21 @@ def test_merge_refuses_runs_of_different_settings(runs, tmp_path):
         main(["--merge", str(runs / "a"), str(other), "--out", str(tmp_path / "m")])
 
 
+def test_merge_refuses_a_method_twice_and_names_each_rows_balancer_when_runs_differ(runs, tmp_path):
+    again = tmp_path / "again"
+    assert main([*BASE, "--methods", "rc:shapes-controlnet,fixed:shapes-controlnet", "--set", "t0=1", "--out", str(again)]) == 0
+    with pytest.raises(SystemExit, match=r"\['rc:shapes-controlnet'\] are in more than one run"):
+        main(["--merge", str(runs / "b"), str(again), "--out", str(tmp_path / "m")])
+    # run b used the preset's t0, run `again` t0=1: merged, each balanced row says which it ran with
+    fixed_only = tmp_path / "fixed"
+    assert main([*BASE, "--methods", "fixed:shapes-controlnet", "--set", "t0=1", "--out", str(fixed_only)]) == 0
+    assert main(["--merge", str(runs / "b"), str(fixed_only), "--out", str(tmp_path / "m")]) == 0
+    text = (tmp_path / "m" / "results.md").read_text()
+    assert "Balancer of the RealCompo rows: given on each row" in text
+    assert "| RealCompo (shapes-sd + shapes-controlnet) [scale_factor=1000000.0, t0=15," in text
+    assert "| fixed equal weights (shapes-sd + shapes-controlnet) [scale_factor=0.0, t0=1," in text
+
+
 def test_unknown_methods_are_refused_with_the_known_ones(capsys):
     with pytest.raises(SystemExit):
         main(["--methods", "rc:nope", "--l2i", "shapes-controlnet"])

@@ -35,6 +35,7 @@ def test_readme_command_puts_both_objects_in_their_planned_boxes(tmp_path):
     record = results[0][0]
     assert [a["id"] for a in record["adapters"]] == ["shapes-sd", "shapes-controlnet"]
     assert record["mode"] == "balanced" and record["num_steps"] == 25 and record["guidance_scale"] == 5.0
+    assert record["scheduler"] == "DDIMScheduler" and record["balance"]["t0"] == 15  # the preset's tuned warm-up
     assert all(image.shape == (64, 64, 3) for _, image, _ in results)
     evaluations = [ev for _, _, ev in results]
     placed = [ev.relation_ok and min(ev.ious) >= 0.3 for ev in evaluations]
