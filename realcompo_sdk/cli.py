@@ -122,6 +122,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_loading_bars() -> None:
+    """--no-progress also silences the weight-loading bars of transformers and diffusers."""
+    import importlib
+
+    for name in ("transformers.utils.logging", "diffusers.utils.logging"):
+        try:
+            importlib.import_module(name).disable_progress_bar()
+        except ImportError:  # a plugin set without that library
+            pass
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .compose import DEFAULT_L2I, RealCompo
     from .images import influence_grid, layout_overlay, save_png, write_atomic
@@ -137,6 +148,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         layout = load_layout(layout_path.read_text())
     l2i_ids = args.l2i or [DEFAULT_L2I]
     l2i_options = _parse_pairs(args.l2i_option, "--l2i-option")
+    if args.no_progress:
+        _quiet_loading_bars()
     rc = RealCompo(
         t2i=args.t2i, l2i=l2i_ids, planner=None if layout is not None else args.planner,
         t2i_options=_parse_pairs(args.t2i_option, "--t2i-option"),

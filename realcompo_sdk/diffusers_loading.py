@@ -74,6 +74,14 @@ def check_model_reference(model: str) -> Path:
     return path
 
 
+def low_memory_kwargs() -> dict[str, Any]:
+    """Keyword arguments for a diffusers `from_pretrained`: without `accelerate`, ask for the plain
+    load that diffusers falls back to anyway, so it does not print a multi-line warning per model."""
+    import importlib.util
+
+    return {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
+
+
 def load_sd_components(model: str, dtype: torch.dtype, *, variant: str | None = None,
                        single_file_config: str | None = None) -> SDComponents:
     """UNet, VAE, text encoder, tokenizer and scheduler config of an SD 1.x/2.x model."""
@@ -89,8 +97,8 @@ def load_sd_components(model: str, dtype: torch.dtype, *, variant: str | None = 
         return SDComponents(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, dict(pipe.scheduler.config))
     common = {"torch_dtype": dtype, "variant": variant}
     try:
-        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **common)
-        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **common)
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **common, **low_memory_kwargs())
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **common, **low_memory_kwargs())
         text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **common)
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
         scheduler_config = dict(DDIMScheduler.load_config(model, subfolder="scheduler"))

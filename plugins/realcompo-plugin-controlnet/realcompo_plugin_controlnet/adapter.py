@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from realcompo_sdk.diffusers_loading import describe_folder, folder_kind
+from realcompo_sdk.diffusers_loading import describe_folder, folder_kind, low_memory_kwargs
 from realcompo_sdk.errors import LayoutError, RealCompoError
 from realcompo_sdk.interfaces import Branch, GenerationRequest, L2IAdapter, StepInfo, T2IAdapter
 from realcompo_sdk.layout import Layout, RegionKind
@@ -100,7 +100,7 @@ def load_controlnet(source: str, dtype: torch.dtype, *, adapter_id: str, variant
                 "SD/SDXL model as base=..."
             )
     try:
-        return ControlNetModel.from_pretrained(source, torch_dtype=dtype, variant=variant)
+        return ControlNetModel.from_pretrained(source, torch_dtype=dtype, variant=variant, **low_memory_kwargs())
     except OSError as exc:
         raise RealCompoError(f"adapter {adapter_id!r}: could not load ControlNet {source!r}: {exc}") from exc
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from realcompo_sdk.diffusers_loading import check_model_reference, describe_folder
+from realcompo_sdk.diffusers_loading import check_model_reference, describe_folder, low_memory_kwargs
 from realcompo_sdk.errors import RealCompoError
 from realcompo_sdk.interfaces import Branch, GenerationRequest, L2IAdapter, StepInfo
 from realcompo_sdk.layout import Layout, RegionKind
@@ -217,7 +217,7 @@ def _sd_parts(model: str, dtype: torch.dtype) -> tuple[Any, Any, Any, dict[str, 
 
     check_model_reference(model)
     try:
-        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=dtype, **low_memory_kwargs())
         text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype)
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
         scheduler_config = dict(PNDMScheduler.load_config(model, subfolder="scheduler"))

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from realcompo_sdk.diffusers_loading import check_model_reference, describe_folder, expect_kind
+from realcompo_sdk.diffusers_loading import check_model_reference, describe_folder, expect_kind, low_memory_kwargs
 from realcompo_sdk.errors import RealCompoError
 from realcompo_sdk.interfaces import Branch, GenerationRequest, StepInfo, T2IAdapter
 from realcompo_sdk.tokens import align_phrases
@@ -87,8 +87,8 @@ def load_sdxl_components(model: str, dtype: torch.dtype, *, variant: str | None 
             )
     common = {"torch_dtype": dtype, "variant": variant}
     try:
-        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **common)
-        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **common)
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **common, **low_memory_kwargs())
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **common, **low_memory_kwargs())
         text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **common)
         text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2", **common)
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
@@ -141,7 +141,7 @@ class StableDiffusionXLAdapter(UNetAdapter, T2IAdapter):
             from diffusers import AutoencoderKL
 
             try:
-                vae = AutoencoderKL.from_pretrained(opts.vae, torch_dtype=dtype)
+                vae = AutoencoderKL.from_pretrained(opts.vae, torch_dtype=dtype, **low_memory_kwargs())
             except OSError as exc:
                 raise RealCompoError(f"could not load VAE {opts.vae!r}: {exc}") from exc
         self.force_zeros_for_empty_prompt = (parts.force_zeros_for_empty_prompt if opts.force_zeros_for_empty_prompt is None

@@ -46,3 +46,12 @@ def test_default_command_draws_easy_prompts(tmp_path):
     easy = ["a red circle", "a blue square", "a purple circle", "a green triangle"]
     passed = [_generate(tmp_path, prompt, 0)[2].binding_ok for prompt in easy]
     assert sum(passed) >= 3, f"easy prompts drawn correctly: {dict(zip(easy, passed))}"
+
+
+def test_no_progress_prints_only_what_was_written(tmp_path, capfd):
+    """No loading bars, no library warnings (e.g. diffusers asking for `accelerate`), no tqdm."""
+    out = tmp_path / "quiet.png"
+    capfd.readouterr()
+    assert main(["generate", "a red circle", "-o", str(out), "--no-progress"]) == 0
+    captured = capfd.readouterr()
+    assert captured.out.strip() == f"wrote {out}" and captured.err.strip() == "", captured
