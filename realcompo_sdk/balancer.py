@@ -8,10 +8,11 @@ map of object j drives c ← c − η_i ∂L/∂c with η_i = scale_factor · sq
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .layout import Layout
 
@@ -21,7 +22,7 @@ class BalanceOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    scale_factor: float = Field(1e6, ge=0, description="step size of the influence update (official: 1e6)")
+    scale_factor: float = Field(1e6, ge=0, allow_inf_nan=False, description="step size of the influence update (official: 1e6)")
     scale_range: tuple[float, float] = Field((1.0, 0.5), description="sqrt-schedule end points over the steps")
     t0: int | None = Field(None, ge=0, description="warm-up steps following the L2I model alone; None: 40% of the steps (20 of 50)")
     t1: int | None = Field(None, ge=0, description="stop updating the influence after this step (None: update to the end)")
@@ -31,6 +32,13 @@ class BalanceOptions(BaseModel):
     lookahead_noise: Literal["guided", "cond"] = Field("guided", description="official layout variant: 'cond' (no CFG in the look-ahead)")
     detach_t2i_attention: bool = Field(False, description="official layout variant: the T2I attention carries no gradient")
     lookahead: Literal["scheduler", "ddim"] = Field("scheduler", description="official layout variant: a DDIM formula whatever the scheduler")
+
+    @field_validator("scale_range")
+    @classmethod
+    def _scale_range_finite_and_non_negative(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(math.isfinite(v) and v >= 0 for v in value):  # the schedule takes their square root
+            raise ValueError(f"scale_range must be two finite numbers ≥ 0 (start, end), got {value}")
+        return value
 
     def warmup_steps(self, num_steps: int) -> int:
         return round(0.4 * num_steps) if self.t0 is None else min(self.t0, num_steps)

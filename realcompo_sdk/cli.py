@@ -135,8 +135,9 @@ def _quiet_loading_bars() -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .compose import DEFAULT_L2I, RealCompo
-    from .images import influence_grid, layout_overlay, save_png, write_atomic
+    from .images import check_output, influence_grid, layout_overlay, save_png, write_atomic
     from .layout import load_layout
+    from .settings import check_sampling
 
     if args.prompt is None and args.layout is None:
         raise RealCompoError("give a prompt or --layout FILE")
@@ -148,6 +149,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         layout = load_layout(layout_path.read_text())
     l2i_ids = args.l2i or [DEFAULT_L2I]
     l2i_options = _parse_pairs(args.l2i_option, "--l2i-option")
+    # Everything that can be checked without the models is checked before they load.
+    check_sampling(seed=args.seed, batch_size=args.batch, height=args.height, width=args.width, num_steps=args.steps,
+                   guidance_scale=args.guidance, mode=args.mode, negative_prompt=args.negative)  # fmt: skip
+    out = Path(args.output)
+    paths = [out] if args.batch == 1 else [out.with_name(f"{out.stem}-{b}{out.suffix}") for b in range(args.batch)]
+    targets = [(p, "-o") for p in paths] + [(Path(p), flag) for p, flag in
+                                            ((args.save_layout, "--save-layout"), (args.save_influence, "--save-influence")) if p]  # fmt: skip
+    replaced = {p for p, flag in targets if check_output(p, flag)}
     if args.no_progress:
         _quiet_loading_bars()
     rc = RealCompo(
@@ -157,27 +166,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
         planner_options=None if layout is not None else _planner_options(args),
         balance=_parse_pairs(args.set, "--set"), scheduler=args.scheduler,
         append_missing_phrases=args.append_missing_phrases,
-        **({"num_steps": args.steps} if args.steps else {}),
+        **({"num_steps": args.steps} if args.steps is not None else {}),
         **({"guidance_scale": args.guidance} if args.guidance is not None else {}),
     )
     result = rc(args.prompt, layout=layout, seed=args.seed, batch_size=args.batch, negative_prompt=args.negative,
                 height=args.height, width=args.width, mode=args.mode,
                 record_influence=bool(args.save_influence), progress=not args.no_progress)
     record_json = result.record.model_dump_json(exclude_none=True)
-    out = Path(args.output)
-    paths = [out] if args.batch == 1 else [out.with_name(f"{out.stem}-{b}{out.suffix or '.png'}") for b in range(args.batch)]
+
+    def wrote(path: str | Path) -> None:
+        print(f"wrote {path}" + (" (replaced the existing file)" if Path(path) in replaced else ""))
+
     for image, path in zip(result.images, paths):
         save_png(image, path, record_json)
-        print(f"wrote {path}")
+        wrote(path)
     if args.save_layout:
         picture = layout_overlay(result.record.layout, result.images[0])
         write_atomic(args.save_layout, lambda f: picture.save(f, format="PNG"))
-        print(f"wrote {args.save_layout}")
+        wrote(args.save_layout)
     if args.save_influence and result.influence:
         names = [a["id"] for a in result.record.adapters]
         grid = influence_grid(result.influence, names)
         write_atomic(args.save_influence, lambda f: grid.save(f, format="PNG"))
-        print(f"wrote {args.save_influence}")
+        wrote(args.save_influence)
     return 0
 
 

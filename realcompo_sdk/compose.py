@@ -20,6 +20,7 @@ from .errors import IncompatibleAdaptersError, LayoutError, RealCompoError
 from .interfaces import DiffusionAdapter, GenerationRequest, L2IAdapter, LayoutPlanner, T2IAdapter
 from .layout import Layout
 from .record import GenerationRecord, environment_versions
+from .settings import check_balance, check_sampling, check_warmup
 
 DEFAULT_T2I, DEFAULT_L2I, DEFAULT_PLANNER = "shapes-sd", "shapes-controlnet", "rules"
 
@@ -30,6 +31,26 @@ class GenerationResult:
     record: GenerationRecord
     influence: list[Any] = field(default_factory=list)  # per step (K, B, 1, h, w) weights, on request
     latents: Any = None
+
+
+def _preset_generation(t2i: Any) -> dict[str, Any]:
+    """The sampling settings a T2I preset recommends, read from its registration (no weights load)."""
+    if isinstance(t2i, str):
+        from . import registry
+
+        return dict(registry.lookup("t2i", t2i).generation)
+    return dict(getattr(t2i, "generation_defaults", None) or {})
+
+
+def _check_ids(l2i: list[Any], planner: Any) -> None:
+    """Unknown L2I and planner ids fail before the T2I model loads (lookups read no weights)."""
+    from . import registry
+
+    for value in l2i:
+        if isinstance(value, str):
+            registry.lookup("l2i", value)
+    if isinstance(planner, str):
+        registry.lookup("planner", planner)
 
 
 def _resolve(kind: str, value: Any, options: dict[str, Any] | None, base: type) -> Any:
@@ -116,24 +137,40 @@ class RealCompo:
         recommended values (a registration's ``generation=``, e.g. the bundled `shapes-sd`), else 50
         steps, guidance 7.5, the model's scheduler and the paper's balancer defaults; a `balance`
         dict overrides the preset's balancer settings key by key."""
-        self.t2i: T2IAdapter = _resolve("t2i", t2i, t2i_options, T2IAdapter)
-        preset: dict[str, Any] = dict(getattr(self.t2i, "generation_defaults", None) or {})
-        l2i_list = l2i if isinstance(l2i, list) else [l2i]
-        if not l2i_list:
-            raise RealCompoError("RealCompo needs at least one L2I adapter")
-        l2i_opts = l2i_options if isinstance(l2i_options, list) else [l2i_options] * len(l2i_list)
-        self.l2i: list[L2IAdapter] = [_resolve_l2i(v, o, self.t2i) for v, o in zip(l2i_list, l2i_opts)]
-        self.planner = None if planner is None else _resolve("planner", planner, planner_options, LayoutPlanner)
+        # Every number is checked before any adapter loads its weights (settings.py).
+        check_sampling(num_steps=num_steps, guidance_scale=guidance_scale)
+        preset = _preset_generation(t2i)
         if isinstance(balance, BalanceOptions):
             self.balance = balance
         else:
-            self.balance = BalanceOptions(**{**preset.get("balance", {}), **(balance or {})})
+            self.balance = check_balance({**preset.get("balance", {}), **(balance or {})})
+        # A preset's warm-up goes with its step count: other step counts keep the same fraction.
+        preset_t0 = preset.get("balance", {}).get("t0")
+        by_preset = preset_t0 is not None and not isinstance(balance, BalanceOptions) and "t0" not in (balance or {})
+        self._t0_fraction = preset_t0 / preset.get("num_steps", 50) if by_preset else None
         self.scheduler_name = scheduler if scheduler is not None else preset.get("scheduler")
         self.num_steps = num_steps if num_steps is not None else preset.get("num_steps", 50)
         self.guidance_scale = guidance_scale if guidance_scale is not None else preset.get("guidance_scale", 7.5)
+        self.balance = self._balance_for(self.num_steps)
+        check_warmup(self.balance, self.num_steps, "balanced")
         self.append_missing_phrases = append_missing_phrases
+        l2i_list = l2i if isinstance(l2i, list) else [l2i]
+        if not l2i_list:
+            raise RealCompoError("RealCompo needs at least one L2I adapter")
+        _check_ids(l2i_list, planner)
+
+        self.t2i: T2IAdapter = _resolve("t2i", t2i, t2i_options, T2IAdapter)
+        l2i_opts = l2i_options if isinstance(l2i_options, list) else [l2i_options] * len(l2i_list)
+        self.l2i: list[L2IAdapter] = [_resolve_l2i(v, o, self.t2i) for v, o in zip(l2i_list, l2i_opts)]
+        self.planner = None if planner is None else _resolve("planner", planner, planner_options, LayoutPlanner)
         h, w = self.t2i.latent_spec.default_resolution
         check_compatible(self.t2i, self.l2i, h, w)
+
+    def _balance_for(self, steps: int) -> BalanceOptions:
+        """The balancer options of a run of `steps` steps (a preset's t0 scaled to them)."""
+        if self._t0_fraction is None:
+            return self.balance
+        return self.balance.model_copy(update={"t0": round(self._t0_fraction * steps)})
 
     @property
     def adapters(self) -> list[Any]:
@@ -170,21 +207,21 @@ class RealCompo:
         from .sampler import BalancedProblem, balanced_sample, plain_sample
 
         started = time.perf_counter()
+        settings = check_sampling(seed=seed, batch_size=batch_size, negative_prompt=negative_prompt, height=height,
+                                  width=width, num_steps=num_steps, guidance_scale=guidance_scale, mode=mode)  # fmt: skip
+        steps = self.num_steps if settings.num_steps is None else settings.num_steps
+        balance = self._balance_for(steps)
+        check_warmup(balance, steps, mode)
         if layout is None:
             if prompt is None:
                 raise RealCompoError("give a prompt, a layout, or both")
             layout = self.plan(prompt)
         prompt = prompt or layout.prompt
-        if mode not in {"balanced", "t2i", "l2i"}:
-            raise RealCompoError(f"mode must be 'balanced', 't2i' or 'l2i', got {mode!r}")
         dh, dw = self.t2i.latent_spec.default_resolution
         height, width = height or dh, width or dw
         check_compatible(self.t2i, self.l2i, height, width)
         for adapter in self.l2i:
             adapter.check_layout(layout)
-        if batch_size < 1:
-            raise RealCompoError(f"batch_size must be at least 1, got {batch_size}")
-        steps = num_steps or self.num_steps
 
         # token positions in each adapter's own tokenization; the prompt may gain appended phrases
         phrases = [o.phrase for o in layout.objects]
@@ -208,7 +245,7 @@ class RealCompo:
             token_groups=[[pos] * batch_size for pos in aligned],
             request=request, scheduler=scheduler, generators=generators,
             guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
-            options=self.balance,
+            options=balance,
         )
         callback = _progress_callback(progress, steps)
         influence: list[Any] = []
@@ -224,7 +261,7 @@ class RealCompo:
             prompt=prompt, negative_prompt=negative_prompt, layout=layout, mode=mode,
             seeds=[seed + b for b in range(batch_size)], height=height, width=width, num_steps=steps,
             guidance_scale=problem.guidance_scale, scheduler=type(scheduler).__name__,
-            balance=self.balance.model_dump(mode="json"),
+            balance=balance.model_dump(mode="json"),
             adapters=[a.describe() for a in self.adapters],
             planner=self.planner.describe() if self.planner is not None else None,
             token_positions=positions, passes=passes, versions=environment_versions(),

@@ -14,10 +14,48 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
            (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128)]
 
 
+STALE_PART_SECONDS = 3600.0
+
+
+def check_output(path: str | Path, flag: str) -> bool:
+    """Refuse an output PNG path that cannot be written, before any work; True if it exists (it
+    will be replaced: the CLI says so when it writes)."""
+    from .errors import RealCompoError
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise RealCompoError(f"{flag} {path}: the file is a PNG (with the generation record inside); give it a .png name")
+    if path.is_dir():
+        raise RealCompoError(f"{flag} {path}: is a folder; give a file name such as {path / 'out.png'}")
+    folder = path.parent
+    while not folder.exists():  # the first existing ancestor decides whether the folders can be made
+        folder = folder.parent
+    if not folder.is_dir():
+        raise RealCompoError(f"{flag} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RealCompoError(f"{flag} {path}: no permission to write in {folder}")
+    if path.exists() and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
+        raise RealCompoError(f"{flag} {path}: the existing file cannot be replaced (no permission)")
+    return path.exists()
+
+
+def _remove_stale_parts(path: Path) -> None:
+    """Temp files a killed writer left next to `path` (an hour old: no live writer still owns them)."""
+    import time
+
+    for part in path.parent.glob(f".{path.name}.*.part"):
+        try:
+            if time.time() - part.stat().st_mtime > STALE_PART_SECONDS:
+                part.unlink()
+        except OSError:  # gone meanwhile, or not ours to remove
+            pass
+
+
 def write_atomic(path: str | Path, save: Any) -> Path:
     """Call `save(file_object)` on a temp file next to `path`, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

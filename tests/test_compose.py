@@ -51,12 +51,21 @@ def test_record_holds_layout_positions_seeds_and_versions(pair):
 
 
 def test_baseline_modes_share_noise_and_decoder(pair):
-    rc = RealCompo(t2i=pair[0], l2i=pair[1], planner=None, num_steps=3, balance={"t0": 3})
-    # with the whole run in warm-up, balanced sampling is the L2I model alone
-    balanced = rc(layout=LAYOUT, seed=1).latents
-    alone = rc(layout=LAYOUT, seed=1, mode="l2i").latents
-    assert (balanced - alone).abs().max() <= 1e-5
+    rc = RealCompo(t2i=pair[0], l2i=pair[1], planner=None, num_steps=3, balance={"t0": 1})
+    alone = rc(layout=LAYOUT, seed=1, mode="l2i")
+    again = rc(layout=LAYOUT, seed=1, mode="l2i")
+    assert (alone.latents - again.latents).abs().max() == 0 and alone.record.passes == {}
     assert rc(layout=LAYOUT, seed=1, mode="t2i").record.passes == {}
+    # (that the warm-up of the balanced sampler is exactly the L2I model alone: test_sampler.py)
+
+
+def test_a_warmup_as_long_as_the_run_is_refused_before_any_work(pair):
+    with pytest.raises(RealCompoError, match=r"t0=3 is not below num_steps=3: every step would follow the L2I"):
+        RealCompo(t2i=pair[0], l2i=pair[1], planner=None, num_steps=3, balance={"t0": 3})
+    rc = RealCompo(t2i=pair[0], l2i=pair[1], planner=None, num_steps=4, balance={"t0": 3})
+    with pytest.raises(RealCompoError, match="t0=3 is not below num_steps=2"):
+        rc(layout=LAYOUT, num_steps=2)
+    assert rc(layout=LAYOUT, num_steps=2, mode="l2i").record.num_steps == 2  # no balancer, no warm-up rule
 
 
 def test_phrase_missing_from_prompt_is_an_error_unless_appended(pair):

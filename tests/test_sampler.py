@@ -167,6 +167,18 @@ def test_no_pass_runs_whose_result_cannot_change_the_output(adapters):
     assert frozen.passes["grad"] == 0 and frozen.passes["backward"] == 0
 
 
+def test_a_run_that_is_all_warmup_is_the_l2i_model_alone(adapters):
+    """The warm-up follows the L2I model exactly (same noise, same scheduler): checked with t0 equal to
+    the step count, which the API refuses for users (the balancer would never run)."""
+    from realcompo_sdk.sampler import plain_sample
+
+    problem = make_problem(adapters, BalanceOptions(t0=4), steps=4)
+    balanced = balanced_sample(problem).latents
+    fresh = make_problem(adapters, BalanceOptions(t0=4), steps=4)
+    alone = plain_sample(fresh.adapters[1], fresh.states[1], fresh)
+    assert (balanced - alone).abs().max() <= 1e-5
+
+
 def test_three_way_balance_runs_and_matches_reference():
     adapters = [TinyT2IAdapter(seed=0), TinyL2IAdapter(seed=1), TinyL2IAdapter(seed=2)]
     options = BalanceOptions(scale_factor=1e4, t0=2, attention_resolution=8)

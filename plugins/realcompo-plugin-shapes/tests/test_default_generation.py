@@ -55,3 +55,14 @@ def test_no_progress_prints_only_what_was_written(tmp_path, capfd):
     assert main(["generate", "a red circle", "-o", str(out), "--no-progress"]) == 0
     captured = capfd.readouterr()
     assert captured.out.strip() == f"wrote {out}" and captured.err.strip() == "", captured
+
+
+def test_the_presets_warmup_keeps_its_fraction_at_other_step_counts(tmp_path):
+    """shapes-sd recommends t0=15 of 25 steps; with --steps 10 the warm-up is 6 (the same 60 %), and an
+    explicit --set t0 wins."""
+    out = tmp_path / "ten.png"
+    assert main(["generate", "a red circle", "-o", str(out), "--steps", "10", "--no-progress"]) == 0
+    record = json.loads(read_record(out))
+    assert record["num_steps"] == 10 and record["balance"]["t0"] == 6
+    assert main(["generate", "a red circle", "-o", str(out), "--steps", "10", "--set", "t0=2", "--no-progress"]) == 0
+    assert json.loads(read_record(out))["balance"]["t0"] == 2
