@@ -7,6 +7,7 @@ Heavy libraries load only inside the commands that need them: `realcompo --help`
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -200,9 +201,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps({
             "plugins": [vars(p) for p in report.plugins],
             "ids": {f"{k}:{i}": {"distribution": r.distribution, "plugin": r.plugin} for (k, i), r in sorted(report.registrations.items())},
+            "conflicts": {f"{k}:{i}": dists for (k, i), dists in sorted(report.conflicts.items())},
             "problems": report.problems,
         }, indent=2))
         return 0
+    if report.conflicts:  # first: an id nobody can use until the user picks a distribution
+        print("ID CONFLICTS: these ids are registered by several distributions and are not used until you pick one")
+        for (kind, id_), dists in sorted(report.conflicts.items()):
+            print(f"  {kind} {id_!r}: {', '.join(dists)} -> use {' or '.join(f'{d}:{id_}' for d in dists)}")
+        print()
     print(f"{'plugin':24s} {'distribution':34s} {'version':9s} {'status':8s} ids")
     for p in report.plugins:
         print(f"{p.name:24s} {p.distribution:34s} {p.version:9s} {p.status:8s} {', '.join(p.ids) or '-'}")
@@ -237,6 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     except RealCompoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outputs are written atomically, so nothing half-written is left
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `realcompo plugins --json | head`: the reader left, not an error of ours
+        try:  # point stdout at /dev/null, so flushing it at exit raises no second error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):  # stdout is not a real file (embedded use)
+            pass
+        return 0
     except Exception as exc:
         from pydantic import ValidationError
 

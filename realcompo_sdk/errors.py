@@ -26,6 +26,10 @@ class UnknownPluginError(RealCompoError, LookupError):
     """No installed plugin registers the requested id."""
 
 
+class PluginConflictError(RealCompoError, LookupError):
+    """Several distributions register the id and none owns it: the user must name one."""
+
+
 class PluginLoadError(RealCompoError):
     """A plugin failed to load; raised only in strict mode (REALCOMPO_STRICT_PLUGINS=1)."""
 

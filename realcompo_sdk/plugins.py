@@ -7,6 +7,12 @@ plugins`, never fatal — one broken plugin must not break the host. Plugin auth
 
 ``REALCOMPO_PLUGINS_ALLOW`` / ``REALCOMPO_PLUGINS_DENY`` (comma-separated entry-point or
 distribution names) choose which installed plugins may run code at all.
+
+Ids are owned, never first-come: when two distributions register the same id, a first-party id
+stays with its first-party distribution, and any other shared id is given to neither. Every
+claimant stays reachable by its qualified id, ``DISTRIBUTION:ID`` (e.g. ``acme-models:sd``), so the
+user picks; `realcompo plugins` lists the conflicts first. A plugin that requires a newer (or
+older) `realcompo-sdk` than the one installed is reported and not imported.
 """
 
 from __future__ import annotations
@@ -24,6 +30,25 @@ from . import hookspecs
 from .errors import PluginLoadError
 
 ENTRY_POINT_GROUP = "realcompo"
+SDK_DISTRIBUTION = "realcompo-sdk"
+
+# First-party ids and the distribution that owns each: "pip install" hints, and ownership when
+# another distribution registers the same id. The built-in ids belong to realcompo-sdk.
+FIRST_PARTY = {
+    "rules": SDK_DISTRIBUTION,
+    "sd": "realcompo-plugin-sd",
+    "sdxl": "realcompo-plugin-sd",
+    "gligen": "realcompo-plugin-gligen",
+    "controlnet-openpose": "realcompo-plugin-controlnet",
+    "controlnet-seg": "realcompo-plugin-controlnet",
+    "instancediffusion": "realcompo-plugin-instancediffusion",
+    "gpt": "realcompo-plugin-gpt",
+    "claude": "realcompo-plugin-claude",
+    "shapes-sd": "realcompo-plugin-shapes",
+    "shapes-controlnet": "realcompo-plugin-shapes",
+    "layout-guidance": "realcompo-plugin-layout-guidance",
+    "shapes-layout-guidance": "realcompo-plugin-layout-guidance",
+}
 KINDS = ("t2i", "l2i", "planner")
 _HOOK_OF_KIND = {
     "t2i": "register_t2i_adapters",
@@ -72,6 +97,8 @@ class PluginReport:
     plugins: list[PluginInfo] = field(default_factory=list)
     registrations: dict[tuple[str, str], Registration] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    # (kind, id) registered by several distributions and given to none: the claimants' distributions
+    conflicts: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
 
 def _env_list(name: str) -> set[str] | None:
@@ -97,6 +124,7 @@ class PluginLoader:
     def __init__(self, entry_points: list[metadata.EntryPoint] | None = None, builtins: list[Any] | None = None):
         self._entry_points = entry_points
         self._builtins = builtins
+        self._staged: list[Registration] = []  # every plugin's registrations, ids assigned at the end
 
     def load(self) -> PluginReport:
         report = PluginReport()
@@ -119,13 +147,53 @@ class PluginLoader:
                 report.plugins.append(PluginInfo(ep.name, dist, version, status="denied",
                                                  error="skipped by REALCOMPO_PLUGINS_ALLOW/DENY"))
                 continue
+            mismatch = _sdk_mismatch(ep.dist)
+            if mismatch:  # importing it could fail in confusing ways, or worse, half-work
+                self._fail(report, PluginInfo(ep.name, dist, version), mismatch)
+                continue
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plugin must not break the host
                 self._fail(report, PluginInfo(ep.name, dist, version), f"import failed: {_short_error(exc)}", exc)
                 continue
             self._load_module(report, module, ep.name, dist, version)
+        self._assign_ids(report)
         return report
+
+    def _assign_ids(self, report: PluginReport) -> None:
+        """Give each id to its one claimant, or by ownership (see the module docstring)."""
+        claims: dict[tuple[str, str], list[Registration]] = {}
+        for reg in self._staged:
+            claims.setdefault((reg.kind, reg.id), []).append(reg)
+        infos = {(p.name, p.distribution): p for p in report.plugins}
+        for (kind, id_), regs in claims.items():
+            if len(regs) == 1:
+                report.registrations[(kind, id_)] = regs[0]
+                infos[(regs[0].plugin, regs[0].distribution)].ids.append(f"{kind}:{id_}")
+                continue
+            owner = next((r for r in regs if FIRST_PARTY.get(id_) == r.distribution), None)
+            for reg in regs:  # every claimant stays reachable by its qualified id
+                qualified = f"{reg.distribution}:{id_}"
+                report.registrations[(kind, qualified)] = reg
+                infos[(reg.plugin, reg.distribution)].ids.append(f"{kind}:{qualified}")
+            names = " and ".join(r.distribution for r in regs)
+            choices = ", ".join(repr(f"{r.distribution}:{id_}") for r in regs)
+            if owner is not None:
+                report.registrations[(kind, id_)] = owner
+                infos[(owner.plugin, owner.distribution)].ids.append(f"{kind}:{id_}")
+                message = (f"{kind} id {id_!r} is registered by {names}; it is first-party, so "
+                           f"{id_!r} stays {owner.distribution}'s. Choose explicitly with {choices}")
+            else:
+                report.conflicts[(kind, id_)] = [r.distribution for r in regs]
+                message = (f"{kind} id {id_!r} is registered by {names}; neither is used under that name. "
+                           f"Choose one with {choices}, or uninstall one of them")
+            report.problems.append(message)
+            for reg in regs:
+                if reg is not owner:
+                    info = infos[(reg.plugin, reg.distribution)]
+                    info.error = (info.error + "; " if info.error else "") + message
+            if _strict():
+                raise PluginLoadError(message)
 
     def _fail(self, report: PluginReport, info: PluginInfo, message: str, exc: BaseException | None = None) -> None:
         info.status, info.error = "failed", message
@@ -169,19 +237,27 @@ class PluginLoader:
             except Exception as exc:
                 self._fail(report, info, f"hook {hook_name} raised {_short_error(exc)}", exc)
                 return
-        for reg in staged:
-            key = (reg.kind, reg.id)
-            if key in report.registrations:
-                first = report.registrations[key]
-                message = (f"{reg.kind} id {reg.id!r} is already registered by {first.distribution} "
-                           f"(plugin {first.plugin!r}); this registration is ignored")
-                report.problems.append(f"plugin {name!r} ({dist} {version}): {message}")
-                info.error = (info.error + "; " if info.error else "") + message
-                if _strict():
-                    raise PluginLoadError(report.problems[-1])
-                continue
-            report.registrations[key] = reg
-            info.ids.append(f"{reg.kind}:{reg.id}")
+        self._staged.extend(staged)
+
+
+def _sdk_mismatch(dist: metadata.Distribution | None) -> str | None:
+    """Why a distribution cannot run with the installed realcompo-sdk, or None when it can."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    installed = _version(SDK_DISTRIBUTION)
+    if dist is None or installed == "unknown":
+        return None
+    for line in dist.requires or []:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.name.lower().replace("_", "-") != SDK_DISTRIBUTION or (req.marker and not req.marker.evaluate()):
+            continue
+        if not req.specifier.contains(installed, prereleases=True):
+            return (f"requires {SDK_DISTRIBUTION}{req.specifier}, but {installed} is installed; not loaded. "
+                    f"Install a matching {SDK_DISTRIBUTION} or a version of this plugin made for {installed}")
+    return None
 
 
 def _version(dist: str) -> str:

@@ -5,22 +5,9 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from .errors import UnknownPluginError
-from .plugins import KINDS, PluginLoader, PluginReport, Registration
+from .errors import PluginConflictError, UnknownPluginError
+from .plugins import FIRST_PARTY, KINDS, PluginLoader, PluginReport, Registration
 
-# First-party ids and the distribution that provides each, for "pip install" hints.
-FIRST_PARTY = {
-    "sd": "realcompo-plugin-sd",
-    "sdxl": "realcompo-plugin-sd",
-    "gligen": "realcompo-plugin-gligen",
-    "controlnet-openpose": "realcompo-plugin-controlnet",
-    "controlnet-seg": "realcompo-plugin-controlnet",
-    "instancediffusion": "realcompo-plugin-instancediffusion",
-    "gpt": "realcompo-plugin-gpt",
-    "claude": "realcompo-plugin-claude",
-    "shapes-sd": "realcompo-plugin-shapes",
-    "shapes-controlnet": "realcompo-plugin-shapes",
-}
 _KIND_NAMES = {"t2i": "T2I adapter", "l2i": "L2I adapter", "planner": "layout planner"}
 
 _report: PluginReport | None = None
@@ -41,6 +28,7 @@ def set_report(new: PluginReport | None) -> None:
 
 
 def ids(kind: str) -> list[str]:
+    """The ids of one kind, qualified `DISTRIBUTION:ID` ones included where an id is shared."""
     return sorted(i for (k, i) in report().registrations if k == kind)
 
 
@@ -50,6 +38,11 @@ def lookup(kind: str, id: str) -> Registration:
     regs = report().registrations
     if (kind, id) in regs:
         return regs[(kind, id)]
+    if (kind, id) in report().conflicts:
+        claimants = report().conflicts[(kind, id)]
+        choices = " or ".join(repr(f"{d}:{id}") for d in claimants)
+        raise PluginConflictError(f"{_KIND_NAMES[kind]} id {id!r} is registered by {' and '.join(claimants)}, so "
+                                  f"it is ambiguous; name the one you mean: {choices} (see `realcompo plugins`)")
     known = ids(kind)
     parts = [f"no {_KIND_NAMES[kind]} with id {id!r} is installed."]
     close = difflib.get_close_matches(id, known, n=3, cutoff=0.5)

@@ -99,3 +99,37 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     os.umask(umask)
     target = write_atomic(tmp_path / "f.png", lambda f: f.write(b"x"))
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_plugins_lists_id_conflicts_first(tiny_registry, capsys):
+    from realcompo_sdk import registry
+
+    registry.report().conflicts[("t2i", "echo")] = ["acme-models", "other-models"]
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ID CONFLICTS")
+    assert "t2i 'echo': acme-models, other-models -> use acme-models:echo or other-models:echo" in out
+    assert main(["plugins", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["conflicts"] == {"t2i:echo": ["acme-models", "other-models"]}
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tiny_registry, monkeypatch, capsys):
+    import realcompo_sdk.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_plan", interrupted)
+    assert main(["plan", "a cat"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_a_reader_that_leaves_the_pipe_is_not_an_error(tiny_registry, monkeypatch, capsys):
+    import realcompo_sdk.cli as cli
+
+    def reader_gone(args):
+        raise BrokenPipeError
+
+    monkeypatch.setattr(cli, "cmd_plugins", reader_gone)
+    assert main(["plugins", "--json"]) == 0
+    assert capsys.readouterr().err == ""

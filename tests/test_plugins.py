@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from realcompo_sdk import registry
-from realcompo_sdk.errors import PluginLoadError, UnknownPluginError
+from realcompo_sdk.errors import PluginConflictError, PluginLoadError, UnknownPluginError
 from realcompo_sdk.plugins import ENTRY_POINT_GROUP, PluginLoader, PluginReport
 
 _counter = itertools.count()
@@ -109,10 +109,11 @@ class Site:
         (self.path / f"{name}.py").write_text(textwrap.dedent(source.format(**format_args)))
         return name
 
-    def distribution(self, dist: str, entry_points: dict[str, str], version: str = "1.0") -> None:
+    def distribution(self, dist: str, entry_points: dict[str, str], version: str = "1.0", requires: tuple[str, ...] = ()) -> None:
         info = self.path / f"{dist.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        requirements = "".join(f"Requires-Dist: {r}\n" for r in requires)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n{requirements}")
         lines = [f"[{ENTRY_POINT_GROUP}]"] + [f"{name} = {target}" for name, target in entry_points.items()]
         (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
 
@@ -223,27 +224,54 @@ def test_plugin_with_an_unknown_hook_argument_is_rejected_naming_the_argument(si
     assert "register_t2i_adapters" in info.error
 
 
-def test_duplicate_id_keeps_the_first_registration_and_names_both_distributions(site: Site) -> None:
+def test_a_shared_id_goes_to_neither_and_each_claimant_stays_reachable_by_its_qualified_id(site: Site, use_report: Any) -> None:
     module, _ = site.good_plugin(dist="realcompo-plugin-aaa", name="aaa")
-    site.distribution("realcompo-plugin-zzz", {"zzz": site.module(DUPLICATE_ID)})
+    dup = site.module(DUPLICATE_ID)
+    site.distribution("realcompo-plugin-zzz", {"zzz": dup})
     report = site.load()
-    kept = report.registrations[("t2i", "echo-t2i")]
-    assert (kept.distribution, kept.target.__module__) == ("realcompo-plugin-aaa", module)
+    assert ("t2i", "echo-t2i") not in report.registrations
+    assert report.conflicts[("t2i", "echo-t2i")] == ["realcompo-plugin-aaa", "realcompo-plugin-zzz"]
+    assert report.registrations[("t2i", "realcompo-plugin-aaa:echo-t2i")].target.__module__ == module
+    assert report.registrations[("t2i", "realcompo-plugin-zzz:echo-t2i")].target.__module__ == dup
     (problem,) = report.problems
-    assert "realcompo-plugin-zzz" in problem
-    assert "already registered by realcompo-plugin-aaa" in problem
-    assert "'echo-t2i'" in problem
-    duplicate = plugin(report, "zzz")
-    assert duplicate.ids == []
-    assert "already registered" in duplicate.error
+    assert "'echo-t2i' is registered by realcompo-plugin-aaa and realcompo-plugin-zzz; neither is used" in problem
+    assert "t2i:realcompo-plugin-zzz:echo-t2i" in plugin(report, "zzz").ids
+    use_report(report)
+    with pytest.raises(PluginConflictError, match="name the one you mean: 'realcompo-plugin-aaa:echo-t2i' or"):
+        registry.lookup("t2i", "echo-t2i")
+    assert registry.lookup("t2i", "realcompo-plugin-zzz:echo-t2i").distribution == "realcompo-plugin-zzz"
 
 
-def test_entry_points_load_in_distribution_order_whatever_order_they_are_given(site: Site) -> None:
+def test_a_third_party_never_shadows_a_first_party_id_whatever_its_name(site: Site) -> None:
+    first_party = site.module(DUPLICATE_ID.replace('"echo-t2i"', '"sd"'))
+    squatter = site.module(DUPLICATE_ID.replace('"echo-t2i"', '"sd"'))
+    site.distribution("realcompo-plugin-sd", {"sd": first_party})
+    site.distribution("aaa-loads-first", {"aaa": squatter})  # sorts, and so loads, before realcompo-plugin-sd
+    report = site.load()
+    assert report.registrations[("t2i", "sd")].distribution == "realcompo-plugin-sd"
+    assert report.registrations[("t2i", "aaa-loads-first:sd")].target.__module__ == squatter
+    (problem,) = report.problems
+    assert "it is first-party, so 'sd' stays realcompo-plugin-sd's" in problem
+    assert "first-party" in plugin(report, "aaa").error and plugin(report, "sd").error is None
+
+
+def test_ids_do_not_depend_on_the_order_plugins_are_found(site: Site) -> None:
     site.good_plugin(dist="realcompo-plugin-aaa", name="aaa")
     site.distribution("realcompo-plugin-zzz", {"zzz": site.module(DUPLICATE_ID)})
+    forward = PluginLoader(entry_points=site.entry_points(), builtins=[]).load()
     reversed_eps = sorted(site.entry_points(), key=lambda ep: ep.dist.name, reverse=True)
-    report = PluginLoader(entry_points=reversed_eps, builtins=[]).load()
-    assert report.registrations[("t2i", "echo-t2i")].distribution == "realcompo-plugin-aaa"
+    backward = PluginLoader(entry_points=reversed_eps, builtins=[]).load()
+    assert set(forward.registrations) == set(backward.registrations) and forward.conflicts == backward.conflicts
+
+
+def test_a_plugin_for_another_sdk_version_is_reported_and_not_imported(site: Site) -> None:
+    site.distribution("realcompo-plugin-future", {"future": site.module(IMPORT_FAILS)}, requires=("realcompo-sdk>=99",))
+    site.good_plugin(dist="realcompo-plugin-echo", name="echo")
+    report = site.load()
+    future = plugin(report, "future")
+    assert future.status == "failed" and "requires realcompo-sdk>=99, but" in future.error
+    assert "not loaded" in future.error and "import failed" not in future.error  # never imported
+    assert plugin(report, "echo").status == "loaded"
 
 
 @pytest.mark.parametrize(
@@ -252,7 +280,7 @@ def test_entry_points_load_in_distribution_order_whatever_order_they_are_given(s
         (IMPORT_FAILS, "import failed"),
         (HOOK_RAISES, "hook register_l2i_adapters raised"),
         (INVALID_HOOKIMPL, "invalid hook implementation"),
-        (DUPLICATE_ID, "already registered by realcompo-plugin-aaa"),
+        (DUPLICATE_ID, "is registered by realcompo-plugin-aaa and"),
     ],
     ids=["import-raises", "hook-raises", "invalid-hookimpl", "duplicate-id"],
 )
@@ -265,7 +293,7 @@ def test_strict_mode_turns_each_plugin_problem_into_an_error(
     monkeypatch.setenv("REALCOMPO_STRICT_PLUGINS", "1")
     with pytest.raises(PluginLoadError, match=expected) as info:
         site.load()
-    assert "plugin 'zzz' (realcompo-plugin-zzz 1.0)" in str(info.value)
+    assert "realcompo-plugin-zzz" in str(info.value)  # the message names the plugin at fault
 
 
 def test_strict_mode_accepts_healthy_plugins(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
