@@ -113,23 +113,20 @@ def test_plugins_lists_id_conflicts_first(tiny_registry, capsys):
     assert json.loads(capsys.readouterr().out)["conflicts"] == {"t2i:echo": ["acme-models", "other-models"]}
 
 
-def test_ctrl_c_is_one_line_and_exit_130(tiny_registry, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("command", "handler", "raised", "code", "stderr"),
+    [
+        (["plan", "a cat"], "cmd_plan", KeyboardInterrupt, 130, "interrupted\n"),  # Ctrl-C: one line
+        (["plugins", "--json"], "cmd_plugins", BrokenPipeError, 0, ""),  # `| head` left: not an error
+    ],
+    ids=["ctrl-c", "closed-pipe"],
+)
+def test_the_environment_never_prints_a_traceback(tiny_registry, monkeypatch, capsys, command, handler, raised, code, stderr):
     import realcompo_sdk.cli as cli
 
     def interrupted(args):
-        raise KeyboardInterrupt
+        raise raised
 
-    monkeypatch.setattr(cli, "cmd_plan", interrupted)
-    assert main(["plan", "a cat"]) == 130
-    assert capsys.readouterr().err == "interrupted\n"
-
-
-def test_a_reader_that_leaves_the_pipe_is_not_an_error(tiny_registry, monkeypatch, capsys):
-    import realcompo_sdk.cli as cli
-
-    def reader_gone(args):
-        raise BrokenPipeError
-
-    monkeypatch.setattr(cli, "cmd_plugins", reader_gone)
-    assert main(["plugins", "--json"]) == 0
-    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(cli, handler, interrupted)
+    assert main(command) == code
+    assert capsys.readouterr().err == stderr
