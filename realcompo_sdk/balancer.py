@@ -97,4 +97,8 @@ def region_loss(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """Σ_b Σ_j (1 − mass of map j inside region j / total mass of map j).  maps: (B, J, h, w)."""
     inside = (maps * regions[None]).sum(dim=(-2, -1))
     total = maps.sum(dim=(-2, -1))
-    return (1.0 - inside / total).sum()
+    # A map that underflowed to all zeros (low precision) says nothing: its term is a constant 1
+    # with no gradient, instead of 0/0 = NaN poisoning every influence map.
+    safe = total.clamp_min(torch.finfo(total.dtype).tiny)
+    share = torch.where(total > 0, inside / safe, torch.zeros_like(total))
+    return (1.0 - share).sum()

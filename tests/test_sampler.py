@@ -186,3 +186,16 @@ def test_three_way_balance_runs_and_matches_reference():
     ref = reference_sample(make_problem(adapters, options))
     assert (fast.latents - ref).abs().max() <= 1e-4
     assert fast.influence[-1].shape[0] == 3
+
+
+def test_an_attention_map_that_underflowed_to_zero_adds_no_nan():
+    maps = torch.rand(1, 2, 4, 4)
+    maps[0, 1] = 0.0  # e.g. fp16 attention of a rare token
+    maps.requires_grad_(True)
+    regions = torch.zeros(2, 4, 4)
+    regions[:, :2] = 1.0
+    loss = region_loss(maps, regions)
+    loss.backward()
+    expected = 1.0 - (maps[0, 0] * regions[0]).sum() / maps[0, 0].sum() + 1.0  # the empty map's term is 1
+    assert torch.isclose(loss, expected) and torch.isfinite(maps.grad).all()
+    assert (maps.grad[0, 1] == 0).all()  # and it pushes nothing
