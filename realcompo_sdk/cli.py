@@ -123,6 +123,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_text(path: Path, flag: str) -> str:
+    """A UTF-8 text file, or one clear error saying what the path is instead."""
+    if not path.exists():
+        raise RealCompoError(f"{flag} {path}: no such file")
+    if path.is_dir():
+        raise RealCompoError(f"{flag} {path}: is a folder; give the JSON file in it")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RealCompoError(f"{flag} {path}: not a UTF-8 text file (a layout is JSON text)") from None
+    except OSError as exc:
+        raise RealCompoError(f"{flag} {path}: cannot be read ({exc.strerror})") from None
+
+
 def _quiet_loading_bars() -> None:
     """--no-progress also silences the weight-loading bars of transformers and diffusers."""
     import importlib
@@ -135,19 +149,17 @@ def _quiet_loading_bars() -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from . import registry
     from .compose import DEFAULT_L2I, RealCompo
     from .images import check_output, influence_grid, layout_overlay, save_png, write_atomic
     from .layout import load_layout
-    from .settings import check_sampling
+    from .settings import check_balance, check_sampling
 
     if args.prompt is None and args.layout is None:
         raise RealCompoError("give a prompt or --layout FILE")
     layout = None
     if args.layout:
-        layout_path = Path(args.layout)
-        if not layout_path.exists():
-            raise RealCompoError(f"layout file {layout_path} does not exist")
-        layout = load_layout(layout_path.read_text())
+        layout = load_layout(_read_text(Path(args.layout), "--layout"))
     l2i_ids = args.l2i or [DEFAULT_L2I]
     l2i_options = _parse_pairs(args.l2i_option, "--l2i-option")
     # Everything that can be checked without the models is checked before they load.
@@ -158,14 +170,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     targets = [(p, "-o") for p in paths] + [(Path(p), flag) for p, flag in
                                             ((args.save_layout, "--save-layout"), (args.save_influence, "--save-influence")) if p]  # fmt: skip
     replaced = {p for p, flag in targets if check_output(p, flag)}
+    balance = _parse_pairs(args.set, "--set")
+    check_balance(balance)  # typos before any planning or loading (RealCompo checks it with the preset too)
+    registry.lookup("t2i", args.t2i)
+    for l2i_id in l2i_ids:
+        registry.lookup("l2i", l2i_id)
+    planner = None
+    if layout is None:  # plan before the models load: a missing key or a bad prompt costs no waiting
+        planner = registry.create("planner", args.planner, **_planner_options(args))
+        layout = planner.plan(args.prompt)
     if args.no_progress:
         _quiet_loading_bars()
     rc = RealCompo(
-        t2i=args.t2i, l2i=l2i_ids, planner=None if layout is not None else args.planner,
+        t2i=args.t2i, l2i=l2i_ids, planner=planner,
         t2i_options=_parse_pairs(args.t2i_option, "--t2i-option"),
         l2i_options=[dict(l2i_options) for _ in l2i_ids],
-        planner_options=None if layout is not None else _planner_options(args),
-        balance=_parse_pairs(args.set, "--set"), scheduler=args.scheduler,
+        balance=balance, scheduler=args.scheduler,
         append_missing_phrases=args.append_missing_phrases,
         **({"num_steps": args.steps} if args.steps is not None else {}),
         **({"guidance_scale": args.guidance} if args.guidance is not None else {}),

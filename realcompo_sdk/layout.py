@@ -9,7 +9,7 @@ use for structured output.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -39,6 +39,21 @@ class Box(_Frozen):
     y0: Unit
     x1: Unit
     y1: Unit
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_pixels(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            values = [data.get(k) for k in ("x0", "y0", "x1", "y1")]
+            numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            # Values well past 1 are pixels: one clear hint instead of a range error per coordinate
+            # (a value just past 1, e.g. 1.2, keeps the precise field error).
+            if len(numbers) == 4 and min(numbers) >= 0 and max(numbers) > 2:
+                raise ValueError(
+                    f"box coordinates are fractions of the image in [0, 1], not pixels (got x0={values[0]}, "
+                    f"y0={values[1]}, x1={values[2]}, y1={values[3]}): divide x by the image width and y by its height"
+                )
+        return data
 
     @model_validator(mode="after")
     def _not_empty(self) -> Box:

@@ -23,7 +23,11 @@ LAYOUT = Layout.from_boxes("a red cat", [("red cat", (0.1, 0.1, 0.6, 0.6))])
 def no_loading(tiny_registry, monkeypatch):
     """Any adapter or planner creation fails the test: the error must come before it."""
 
+    create = registry.create
+
     def refuse(kind, id, **options):
+        if kind == "planner":  # planning comes before loading, on purpose
+            return create(kind, id, **options)
         raise AssertionError(f"{kind} {id!r} was created before the input was checked")
 
     monkeypatch.setattr(registry, "create", refuse)
@@ -125,3 +129,21 @@ def test_unknown_l2i_and_planner_ids_fail_before_the_t2i_model_loads(no_loading,
     assert "no L2I adapter with id 'tiny-l2'" in capsys.readouterr().err
     with pytest.raises(RealCompoError, match="planner"):
         RealCompo(t2i="tiny-t2i", l2i="tiny-l2i", planner="no-such-planner")
+
+
+def test_layout_files_and_prompts_are_checked_before_loading(no_loading, tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "binary.json").write_bytes(bytes(range(128, 256)))
+    (tmp_path / "pixels.json").write_text(
+        '{"prompt": "a cat", "objects": [{"phrase": "cat", "box": {"x0": 10, "y0": 10, "x1": 100, "y1": 200}}]}')
+    cases = {
+        ("--layout", str(tmp_path / "missing.json")): "missing.json: no such file",
+        ("--layout", str(tmp_path / "folder")): "folder: is a folder; give the JSON file in it",
+        ("--layout", str(tmp_path / "binary.json")): "binary.json: not a UTF-8 text file",
+        ("--layout", str(tmp_path / "pixels.json")): "box coordinates are fractions of the image in [0, 1], not pixels",
+        ("--planner", "rules", ""): "the 'rules' planner got an empty prompt",
+    }
+    for flags, expected in cases.items():
+        assert main(["generate", *flags, "-o", str(tmp_path / "o.png"), "--t2i", "tiny-t2i", "--l2i", "tiny-l2i"]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, err

@@ -424,7 +424,8 @@ class LLMLayoutPlanner(LayoutPlanner):
         if is_local_url(self.effective_base_url):
             return "no-key-needed"  # local servers ignore the key, but the SDKs insist on one
         raise MissingAPIKeyError(
-            f"the {self.id!r} planner needs a {self.provider_title} API key in the environment variable {env}, "
+            f"the {self.id!r} planner needs {'an' if self.provider_title[:1] in 'AEIOU' else 'a'} "
+            f"{self.provider_title} API key in the environment variable {env}, "
             f"which is not set. Set it (export {env}=...), or set base_url to a local server speaking the "
             f"{self.provider_title} protocol, which needs no key; or plan offline with the 'rules' planner.")
 

@@ -252,7 +252,7 @@ def test_unknown_model_404_names_the_model(server: FakeLLMServer, cache_dir: Pat
 # -- keys --------------------------------------------------------------------------------------------
 
 def test_missing_key_names_the_environment_variable(cache_dir: Path) -> None:
-    with pytest.raises(MissingAPIKeyError, match="OPENAI_API_KEY"):
+    with pytest.raises(MissingAPIKeyError, match="needs an OpenAI API key in the environment variable OPENAI_API_KEY"):
         GPTPlanner(cache_dir=str(cache_dir)).plan(PROMPT)
 
 
