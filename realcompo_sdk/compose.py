@@ -42,13 +42,18 @@ def _preset_generation(t2i: Any) -> dict[str, Any]:
     return dict(getattr(t2i, "generation_defaults", None) or {})
 
 
-def _check_ids(l2i: list[Any], planner: Any) -> None:
-    """Unknown L2I and planner ids fail before the T2I model loads (lookups read no weights)."""
+def _check_ids(t2i: Any, t2i_options: dict[str, Any] | None, l2i: list[Any], l2i_options: list[Any],
+               planner: Any) -> None:
+    """Unknown ids and invalid adapter options fail before any model loads: lookups and the
+    adapters' `Options` models read no weights."""
     from . import registry
 
-    for value in l2i:
+    for kind, value, options in [("t2i", t2i, t2i_options), *(("l2i", v, o) for v, o in zip(l2i, l2i_options))]:
         if isinstance(value, str):
-            registry.lookup("l2i", value)
+            reg = registry.lookup(kind, value)
+            options_model = getattr(reg.load_class(), "Options", None)
+            if options_model is not None:
+                options_model(**{**reg.options, **(options or {})})  # raises pydantic's ValidationError
     if isinstance(planner, str):
         registry.lookup("planner", planner)
 
@@ -157,10 +162,10 @@ class RealCompo:
         l2i_list = l2i if isinstance(l2i, list) else [l2i]
         if not l2i_list:
             raise RealCompoError("RealCompo needs at least one L2I adapter")
-        _check_ids(l2i_list, planner)
+        l2i_opts = l2i_options if isinstance(l2i_options, list) else [l2i_options] * len(l2i_list)
+        _check_ids(t2i, t2i_options, l2i_list, l2i_opts, planner)
 
         self.t2i: T2IAdapter = _resolve("t2i", t2i, t2i_options, T2IAdapter)
-        l2i_opts = l2i_options if isinstance(l2i_options, list) else [l2i_options] * len(l2i_list)
         self.l2i: list[L2IAdapter] = [_resolve_l2i(v, o, self.t2i) for v, o in zip(l2i_list, l2i_opts)]
         self.planner = None if planner is None else _resolve("planner", planner, planner_options, LayoutPlanner)
         h, w = self.t2i.latent_spec.default_resolution

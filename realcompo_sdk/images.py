@@ -23,10 +23,10 @@ def check_output(path: str | Path, flag: str) -> bool:
     from .errors import RealCompoError
 
     path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise RealCompoError(f"{flag} {path}: the file is a PNG (with the generation record inside); give it a .png name")
     if path.is_dir():
         raise RealCompoError(f"{flag} {path}: is a folder; give a file name such as {path / 'out.png'}")
+    if path.suffix.lower() != ".png":
+        raise RealCompoError(f"{flag} {path}: the file is a PNG (with the generation record inside); give it a .png name")
     folder = path.parent
     while not folder.exists():  # the first existing ancestor decides whether the folders can be made
         folder = folder.parent

@@ -43,6 +43,11 @@ def lookup(kind: str, id: str) -> Registration:
         choices = " or ".join(repr(f"{d}:{id}") for d in claimants)
         raise PluginConflictError(f"{_KIND_NAMES[kind]} id {id!r} is registered by {' and '.join(claimants)}, so "
                                   f"it is ambiguous; name the one you mean: {choices} (see `realcompo plugins`)")
+    elsewhere = [k for k in KINDS if k != kind and (k, id) in regs]
+    if elsewhere:  # installed, but asked for in the wrong role
+        flag = {"t2i": "--t2i / t2i=", "l2i": "--l2i / l2i=", "planner": "--planner / planner="}[elsewhere[0]]
+        raise UnknownPluginError(f"{id!r} is an installed {_KIND_NAMES[elsewhere[0]]}, not a {_KIND_NAMES[kind]}; "
+                                 f"pass it as {flag} (installed {_KIND_NAMES[kind]}s: {', '.join(ids(kind)) or 'none'})")
     known = ids(kind)
     parts = [f"no {_KIND_NAMES[kind]} with id {id!r} is installed."]
     close = difflib.get_close_matches(id, known, n=3, cutoff=0.5)

@@ -147,3 +147,18 @@ def test_layout_files_and_prompts_are_checked_before_loading(no_loading, tmp_pat
         assert main(["generate", *flags, "-o", str(tmp_path / "o.png"), "--t2i", "tiny-t2i", "--l2i", "tiny-l2i"]) == 2
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err, err
+
+
+def test_adapter_options_and_roles_are_checked_before_loading(no_loading):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="colour"):
+        RealCompo(t2i="tiny-t2i", l2i="tiny-l2i", t2i_options={"colour": "red"})
+    with pytest.raises(RealCompoError, match=r"'tiny-l2i' is an installed L2I adapter, not a T2I adapter; pass it as --l2i"):
+        RealCompo(t2i="tiny-l2i", l2i="tiny-l2i")
+
+
+def test_an_output_folder_is_named_as_a_folder_whatever_its_name(no_loading, tmp_path, capsys):
+    (tmp_path / "renders").mkdir()
+    assert main(["generate", "cat", "-o", str(tmp_path / "renders"), *TINY]) == 2
+    assert "renders: is a folder; give a file name such as" in capsys.readouterr().err
