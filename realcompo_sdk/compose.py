@@ -15,10 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from .balancer import BalanceOptions
 from .errors import IncompatibleAdaptersError, LayoutError, RealCompoError
 from .interfaces import DiffusionAdapter, GenerationRequest, L2IAdapter, LayoutPlanner, T2IAdapter
-from .layout import Layout
+from .layout import Layout, format_validation_error
 from .record import GenerationRecord, environment_versions
 from .settings import check_balance, check_sampling, check_warmup
 
@@ -42,6 +44,9 @@ def _preset_generation(t2i: Any) -> dict[str, Any]:
     return dict(getattr(t2i, "generation_defaults", None) or {})
 
 
+_KIND_TITLES = {"t2i": "T2I adapter", "l2i": "L2I adapter"}
+
+
 def _check_ids(t2i: Any, t2i_options: dict[str, Any] | None, l2i: list[Any], l2i_options: list[Any],
                planner: Any) -> None:
     """Unknown ids and invalid adapter options fail before any model loads: lookups and the
@@ -53,7 +58,11 @@ def _check_ids(t2i: Any, t2i_options: dict[str, Any] | None, l2i: list[Any], l2i
             reg = registry.lookup(kind, value)
             options_model = getattr(reg.load_class(), "Options", None)
             if options_model is not None:
-                options_model(**{**reg.options, **(options or {})})  # raises pydantic's ValidationError
+                try:
+                    options_model(**{**reg.options, **(options or {})})
+                except ValidationError as exc:
+                    what = f"options of {_KIND_TITLES[kind]} {value!r} (see `realcompo plugins` and its docs)"
+                    raise RealCompoError(format_validation_error(exc, what=what)) from None
     if isinstance(planner, str):
         registry.lookup("planner", planner)
 

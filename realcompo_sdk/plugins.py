@@ -72,8 +72,13 @@ class Registration:
         """The registered class; a "module:Class" target is imported now (heavy imports here)."""
         if isinstance(self.target, str):
             module_name, _, attr = self.target.partition(":")
-            module = importlib.import_module(module_name)
-            self.target = getattr(module, attr)
+            try:
+                self.target = getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError) as exc:  # e.g. its distribution was uninstalled since
+                raise PluginLoadError(
+                    f"{self.kind} id {self.id!r} of {self.distribution} {self.version}: its code {module_name}:{attr} "
+                    f"cannot be loaded ({_short_error(exc)}); reinstall or upgrade {self.distribution}"
+                ) from exc
         assert isinstance(self.target, type)
         return self.target
 

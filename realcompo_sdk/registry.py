@@ -53,7 +53,11 @@ def lookup(kind: str, id: str) -> Registration:
     close = difflib.get_close_matches(id, known, n=3, cutoff=0.5)
     if close:
         parts.append(f"Did you mean {', '.join(repr(c) for c in close)}?")
-    if id in FIRST_PARTY:
+    denied = {p.distribution for p in report().plugins if p.status == "denied"}
+    if id in FIRST_PARTY and FIRST_PARTY[id] in denied:
+        parts.append(f"It is provided by {FIRST_PARTY[id]}, which is installed but skipped by "
+                     "REALCOMPO_PLUGINS_ALLOW / REALCOMPO_PLUGINS_DENY.")
+    elif id in FIRST_PARTY:
         parts.append(f"It is provided by the first-party plugin: pip install {FIRST_PARTY[id]}")
     failed = [p for p in report().plugins if p.status == "failed"]
     if failed:

@@ -394,6 +394,24 @@ def test_lookup_of_missing_first_party_id_gives_the_pip_install_hint(site: Site,
         registry.lookup("l2i", "gligen")
 
 
+def test_a_denied_first_party_plugin_is_not_told_to_pip_install(site: Site, use_report: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.distribution("realcompo-plugin-gligen", {"gligen": site.module(TINY_PLUGIN)})
+    monkeypatch.setenv("REALCOMPO_PLUGINS_DENY", "realcompo-plugin-gligen")
+    use_report(site.load())
+    with pytest.raises(UnknownPluginError, match="installed but skipped by REALCOMPO_PLUGINS_ALLOW / REALCOMPO_PLUGINS_DENY") as info:
+        registry.lookup("l2i", "gligen")
+    assert "pip install" not in str(info.value)
+
+
+def test_a_registration_whose_code_is_gone_names_the_distribution_to_reinstall(site: Site) -> None:
+    _, lazy = site.good_plugin()
+    registration = site.load().registrations[("t2i", "lazy-t2i")]
+    (site.path / f"{lazy}.py").unlink()  # uninstalled after discovery
+    with pytest.raises(PluginLoadError, match=r"t2i id 'lazy-t2i' of realcompo-plugin-echo 1.0: its code .* cannot be "
+                                              r"loaded \(ModuleNotFoundError.*reinstall or upgrade realcompo-plugin-echo"):
+        registration.load_class()
+
+
 def test_lookup_error_lists_plugins_that_failed_to_load(site: Site, use_report: Any) -> None:
     site.distribution("realcompo-plugin-broken", {"broken": site.module(IMPORT_FAILS)})
     use_report(site.load())

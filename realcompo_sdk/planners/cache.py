@@ -62,7 +62,11 @@ class PlanCache:
         """The cached layout, or None on a miss or a corrupt entry (with a warning)."""
         path = self.path_for(key)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            warnings.warn(f"layout cache entry {path} is corrupt (not UTF-8 text); ignoring it and planning again",
+                          stacklevel=2)
+            return None
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
