@@ -106,3 +106,16 @@ def _locate(tokenizer: Tokenizer, prompt_ids: list[int], phrase: str, taken: set
             taken.update(span)
             return span
     return None
+
+
+def warn_if_truncated(tokenizer: Any, texts: list[str], who: str) -> None:
+    """The text encoder reads `model_max_length` tokens; say so when a text is longer, instead of
+    dropping its end silently (diffusers' pipelines warn the same way)."""
+    import warnings
+
+    limit = tokenizer.model_max_length
+    for text in dict.fromkeys(texts):  # each distinct text once
+        n = len(_ids(tokenizer, text, special=True))
+        if n > limit:
+            warnings.warn(f"{who}: {text[:40]!r}... has {n} tokens; the text encoder reads the first {limit}, "
+                          "the rest is ignored. Shorten it.", stacklevel=3)

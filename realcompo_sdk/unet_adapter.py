@@ -26,7 +26,7 @@ from .interfaces import (
     NoisePrediction,
     StepInfo,
 )
-from .tokens import align_phrases
+from .tokens import align_phrases, warn_if_truncated
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -110,6 +110,7 @@ class UNetAdapter(DiffusionAdapter):
     # ---- text ----------------------------------------------------------------------------
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        warn_if_truncated(self.tokenizer, texts, f"adapter {self.name!r}")
         ids = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(self.device)
         out = self.text_encoder(ids)
@@ -148,17 +149,26 @@ class UNetAdapter(DiffusionAdapter):
                       branches: tuple[Branch, ...] = ("uncond", "cond")) -> NoisePrediction:
         out = self._run_unet(latents, step, state, branches).float()
         if self.options.check_finite and not bool(torch.isfinite(out).all()):
-            raise NonFiniteNoiseError(
-                f"adapter {self.name!r} predicted NaN/inf noise at step {step.index} (timestep "
-                f"{int(step.timestep)}). Half precision overflows in some models (SDXL's VAE and "
-                "UNet in float16 are known cases): run with dtype='float32' or 'bfloat16', or use "
-                "an fp16-fixed VAE."
-            )
+            raise NonFiniteNoiseError(self._non_finite_reason(latents, step))
         parts = dict(zip(branches, out.chunk(len(branches))))
         if set(branches) == {"uncond", "cond"}:
             guided = parts["uncond"] + guidance_scale * (parts["cond"] - parts["uncond"])
             return NoisePrediction(cond=parts["cond"], guided=guided)
         return NoisePrediction(cond=parts[branches[0]])
+
+    def _non_finite_reason(self, latents: torch.Tensor, step: StepInfo) -> str:
+        """Say who is at fault: the input, half precision, or the weights."""
+        where = f"at step {step.index} (timestep {int(step.timestep)})"
+        if not bool(torch.isfinite(latents).all()):
+            return (f"the latents given to adapter {self.name!r} {where} were already NaN/inf: an earlier step "
+                    "produced them (check the other adapters' dtype, or the balancer options), not this model")
+        if self.dtype == torch.float16:
+            return (f"adapter {self.name!r} predicted NaN/inf noise {where} in float16. Half precision overflows "
+                    "in some models (SDXL's VAE and UNet are known cases): run with dtype='float32' or "
+                    "'bfloat16', or use an fp16-fixed VAE.")
+        return (f"adapter {self.name!r} predicted NaN/inf noise {where} in {str(self.dtype).removeprefix('torch.')}, "
+                "which does not overflow here: its weights or conditioning hold NaN/inf (a corrupt or "
+                "mismatched checkpoint); check the model files.")
 
     # ---- attention -----------------------------------------------------------------------
     def _block_levels(self) -> list[tuple[str, Any, int]]:

@@ -36,8 +36,20 @@ def test_nan_noise_names_the_adapter_and_the_step(pair):
     with torch.no_grad():
         broken.unet.conv_out.bias.fill_(float("nan"))
     rc = RealCompo(t2i=pair[0], l2i=broken, planner=None, num_steps=3)
-    with pytest.raises(NonFiniteNoiseError, match=r"'tiny-l2i' predicted NaN/inf noise at step 0.*float32"):
+    with pytest.raises(NonFiniteNoiseError, match=r"'tiny-l2i' predicted NaN/inf noise at step 0.*in float32, which "
+                                                  r"does not overflow here: its weights or conditioning hold NaN"):
         rc(layout=LAYOUT)
+
+
+def test_nan_latents_are_not_blamed_on_the_adapter_that_receives_them(pair):
+    from realcompo_sdk.interfaces import GenerationRequest, StepInfo
+
+    request = GenerationRequest(prompt=LAYOUT.prompt, negative_prompt="", layout=LAYOUT, batch_size=1, height=32,
+                                width=32, num_steps=2)  # fmt: skip
+    state = pair[0].prepare(request)
+    latents = torch.full((1, 4, 16, 16), float("nan"))
+    with pytest.raises(NonFiniteNoiseError, match=r"were already NaN/inf: an earlier step produced them"):
+        pair[0].predict_noise(latents, StepInfo(index=1, num_steps=2, timestep=torch.tensor(500)), state, guidance_scale=5.0)
 
 
 def test_record_holds_layout_positions_seeds_and_versions(pair):
@@ -149,3 +161,10 @@ def test_a_bad_generation_preset_fails_its_plugin_not_the_host(kind, message):
         assert (kind, "tiny-bad") not in report.registrations and ("t2i", "tiny-t2i") in report.registrations
     finally:
         registry.set_report(None)
+
+
+def test_a_negative_prompt_past_the_token_limit_is_a_warning_not_silence(pair):
+    rc = RealCompo(t2i=pair[0], l2i=pair[1], planner=None, num_steps=2, balance={"t0": 1})
+    long_negative = " ".join(["blurry"] * 200)
+    with pytest.warns(UserWarning, match=r"has \d+ tokens; the text encoder reads the first \d+, the rest is ignored"):
+        rc(layout=LAYOUT, negative_prompt=long_negative)

@@ -29,7 +29,7 @@ import torch
 from realcompo_sdk.diffusers_loading import check_model_reference, describe_folder, expect_kind, low_memory_kwargs
 from realcompo_sdk.errors import RealCompoError
 from realcompo_sdk.interfaces import Branch, GenerationRequest, StepInfo, T2IAdapter
-from realcompo_sdk.tokens import align_phrases
+from realcompo_sdk.tokens import align_phrases, warn_if_truncated
 from realcompo_sdk.unet_adapter import (
     TorchModelOptions,
     UNetAdapter,
@@ -171,6 +171,7 @@ class StableDiffusionXLAdapter(UNetAdapter, T2IAdapter):
         """(B, 77, D1 + D2) penultimate hidden states of both encoders, and (B, P) pooled embeddings."""
         hidden = []
         pooled = None
+        warn_if_truncated(self.tokenizer, texts, f"adapter {self.name!r}")  # both tokenizers share the 77-token limit
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
             ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids.to(self.device)
