@@ -197,6 +197,10 @@ def _closed(node: Any) -> Any:
 
 # -- validation of a reply ----------------------------------------------------------------------
 
+
+class NotAnAPIReply(Exception):
+    """The server answered with something that is not an API reply (its start is the message)."""
+
 class ReplyProblem(Exception):
     """A reply is not a valid layout; the message lists what is wrong, for the model and the user."""
 
@@ -461,6 +465,14 @@ class LLMLayoutPlanner(LayoutPlanner):
                 close()
         raise AssertionError("unreachable")  # pragma: no cover
 
+    @staticmethod
+    def check_api_reply(reply: Any) -> None:
+        """`_send` implementations call this on what the SDK returned: a server that answers 200 with
+        a web page (a login proxy, a wrong base_url) makes the SDKs return the body as a string."""
+        if isinstance(reply, (str, bytes)):
+            text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+            raise NotAnAPIReply(" ".join(text.split())[:80])
+
     def _call(self, client: Any, messages: list[dict[str, Any]], api_key: str) -> LLMReply:
         timeout_error, connection_error, status_error = self._sdk_errors
         where = _safe_url(self.effective_base_url) or f"the {self.provider_title} API"
@@ -476,6 +488,10 @@ class LLMLayoutPlanner(LayoutPlanner):
                        "Check the network, or the base_url option.")
         except status_error as exc:
             message = self._status_message(exc, where, api_key)
+        except NotAnAPIReply as exc:
+            message = (f"{where} answered, but not with an API reply (the body starts {redact(str(exc), [api_key])!r}). "
+                       "base_url must point at the API itself (an OpenAI-compatible server's usually ends in /v1), "
+                       "not at a web page or a login proxy.")
         raise PlannerError(f"the {self.id!r} planner failed: {message}") from None  # no SDK chain: it may hold secrets
 
     def _status_message(self, exc: BaseException, where: str, api_key: str) -> str:

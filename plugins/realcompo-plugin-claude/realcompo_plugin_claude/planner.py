@@ -86,6 +86,7 @@ class ClaudePlanner(LLMLayoutPlanner):
             # Not a parameter of current SDK versions: sent as an extra body field for the servers that take it.
             arguments["extra_body"] = {"temperature": opts.temperature}
         message = client.messages.create(**arguments)
+        self.check_api_reply(message)
         texts = [block.text for block in message.content if getattr(block, "type", None) == "text"]
         tool_uses = [block for block in message.content
                      if getattr(block, "type", None) == "tool_use" and block.name == TOOL_NAME]

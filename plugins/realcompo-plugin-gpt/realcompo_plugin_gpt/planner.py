@@ -95,6 +95,7 @@ class GPTPlanner(LLMLayoutPlanner):
 
     def _send(self, client: Any, messages: list[dict[str, Any]]) -> LLMReply:
         completion = client.chat.completions.create(messages=messages, **self._request_arguments())
+        self.check_api_reply(completion)
         if not completion.choices:
             return LLMReply(raw="", data="")
         choice = completion.choices[0]

@@ -397,3 +397,11 @@ class TestGPTPlannerContract(LayoutPlannerContract):
 
     def make_planner(self) -> GPTPlanner:
         return GPTPlanner(base_url=self.server.openai_base_url, cache_dir=str(self.cache_dir), max_retries=0)
+
+
+def test_a_web_page_instead_of_an_api_reply_is_one_clear_error(server: FakeLLMServer, cache_dir: Path) -> None:
+    from realcompo_sdk.testing.fake_llm_server import FakeReply
+
+    server.push(FakeReply(status=200, body="<html><body>Proxy login</body></html>", headers={"content-type": "text/html"}))
+    with pytest.raises(PlannerError, match=r"answered, but not with an API reply \(the body starts '<html><body>Proxy login"):
+        planner_for(server, cache_dir).plan(PROMPT)
