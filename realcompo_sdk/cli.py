@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int)
     g.add_argument("--append-missing-phrases", action="store_true", help="append layout phrases missing from the prompt")
     g.add_argument("--save-influence", metavar="PNG", help="also write a grid of influence maps over the steps")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="no denoising or weight-loading bars")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="also show the warnings and notes of diffusers and transformers (hidden by default)")
     _add_planner_args(g)
 
     pl = sub.add_parser("plan", help="print the layout a planner makes for a prompt")
@@ -137,15 +139,19 @@ def _read_text(path: Path, flag: str) -> str:
         raise RealCompoError(f"{flag} {path}: cannot be read ({exc.strerror})") from None
 
 
-def _quiet_loading_bars() -> None:
-    """--no-progress also silences the weight-loading bars of transformers and diffusers."""
+def _library_output(progress: bool, verbose: bool) -> None:
+    """diffusers' and transformers' own chatter: their loading bars follow --no-progress, their log
+    messages show only with --verbose (by default only their errors; ours always show)."""
     import importlib
 
     for name in ("transformers.utils.logging", "diffusers.utils.logging"):
         try:
-            importlib.import_module(name).disable_progress_bar()
+            logging_module = importlib.import_module(name)
         except ImportError:  # a plugin set without that library
-            pass
+            continue
+        if not progress:
+            logging_module.disable_progress_bar()
+        logging_module.set_verbosity_info() if verbose else logging_module.set_verbosity_error()
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -179,8 +185,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if layout is None:  # plan before the models load: a missing key or a bad prompt costs no waiting
         planner = registry.create("planner", args.planner, **_planner_options(args))
         layout = planner.plan(args.prompt)
-    if args.no_progress:
-        _quiet_loading_bars()
+    _library_output(progress=not args.no_progress, verbose=args.verbose)
     rc = RealCompo(
         t2i=args.t2i, l2i=l2i_ids, planner=planner,
         t2i_options=_parse_pairs(args.t2i_option, "--t2i-option"),

@@ -66,3 +66,19 @@ def test_the_presets_warmup_keeps_its_fraction_at_other_step_counts(tmp_path):
     assert record["num_steps"] == 10 and record["balance"]["t0"] == 6
     assert main(["generate", "a red circle", "-o", str(out), "--steps", "10", "--set", "t0=2", "--no-progress"]) == 0
     assert json.loads(read_record(out))["balance"]["t0"] == 2
+
+
+def test_verbose_shows_what_the_libraries_say(tmp_path):
+    """In a fresh process: the libraries' log handlers bind stderr once, so in-process capture is unreliable."""
+    import subprocess
+    import sys
+
+    def stderr_of(*flags: str) -> str:
+        command = [sys.executable, "-m", "realcompo_sdk.cli", "generate", "a red circle", "-o", str(tmp_path / "o.png"),
+                   "--no-progress", *flags]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert "UNet2DConditionModel" in stderr_of("-v")  # diffusers' loading notes
+    assert stderr_of() == ""  # hidden by default
