@@ -32,10 +32,8 @@ def check_output(path: str | Path, flag: str) -> bool:
         folder = folder.parent
     if not folder.is_dir():
         raise RealCompoError(f"{flag} {path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not os.access(folder, os.W_OK | os.X_OK):  # the file is replaced by a rename: the folder is what matters
         raise RealCompoError(f"{flag} {path}: no permission to write in {folder}")
-    if path.exists() and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
-        raise RealCompoError(f"{flag} {path}: the existing file cannot be replaced (no permission)")
     return path.exists()
 
 

@@ -298,8 +298,9 @@ def load_layout(data: str | bytes | dict) -> Layout:
         raise LayoutError(format_validation_error(exc, data)) from exc
 
 
-def format_validation_error(exc: object, data: object = None, what: str = "layout") -> str:
-    """Turn a pydantic ValidationError into lines like `objects[1] ('a dog').box: ...`."""
+def format_validation_error(exc: object, data: object = None, what: str = "layout", show_input: bool = False) -> str:
+    """Turn a pydantic ValidationError into lines like `objects[1] ('a dog').box: ...`
+    (`show_input`: each line ends with the value given, for flat settings such as `--steps 0`)."""
     lines = [f"invalid {what}:"]
     if isinstance(data, (str, bytes)):
         import json
@@ -321,5 +322,6 @@ def format_validation_error(exc: object, data: object = None, what: str = "layou
             else:
                 where += ("." if where else "") + str(part)
         message = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where or '<root>'}: {message}")
+        given = f" (got {err.get('input')!r})" if show_input else ""
+        lines.append(f"  {where or '<root>'}: {message}{given}")
     return "\n".join(lines)

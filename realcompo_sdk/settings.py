@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .balancer import BalanceOptions
 from .errors import RealCompoError
+from .layout import format_validation_error
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 
@@ -43,7 +44,7 @@ def check_sampling(**values: Any) -> SamplingSettings:
     try:
         return SamplingSettings(**values)
     except ValidationError as exc:
-        raise _error("invalid generation settings", exc) from None
+        raise _error("generation settings", exc) from None
 
 
 def check_balance(values: BalanceOptions | dict[str, Any]) -> BalanceOptions:
@@ -61,16 +62,12 @@ def check_balance(values: BalanceOptions | dict[str, Any]) -> BalanceOptions:
     try:
         return BalanceOptions(**values)
     except ValidationError as exc:
-        raise _error("invalid balancer options", exc) from None
+        raise _error("balancer options", exc) from None
 
 
-def _error(title: str, exc: ValidationError) -> RealCompoError:
+def _error(what: str, exc: ValidationError) -> RealCompoError:
     """One line per bad field: its name, the rule it breaks and the value given."""
-    lines = [f"{title}:"]
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "<options>"
-        lines.append(f"  {field}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
-    return RealCompoError("\n".join(lines))
+    return RealCompoError(format_validation_error(exc, what=what, show_input=True))
 
 
 def check_warmup(balance: BalanceOptions, num_steps: int, mode: str) -> None:
