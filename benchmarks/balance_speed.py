@@ -75,7 +75,7 @@ def in_memory(cls: type, unet: Any, text_encoder: Any, tokenizer: Any, device: t
     DiffusionAdapter.__init__(adapter)
     spec = LatentSpec(channels=4, vae_scale_factor=8, scaling_factor=0.18215, prediction_type="epsilon",
                       default_resolution=(512, 512), family="sd1", resolution_multiple=64)
-    UNetAdapter._setup(adapter, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+    UNetAdapter.setup_models(adapter, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
                        scheduler_config=tiny_scheduler_config(), latent_spec=spec, device=device, dtype=dtype)
     adapter._fusers = [m for m in adapter.unet.modules() if type(m).__name__ == "GatedSelfAttentionDense"]
     if adapter._fusers:  # a fresh GLIGEN's zero gates would make its branch a no-op

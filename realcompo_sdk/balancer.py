@@ -41,13 +41,16 @@ class BalanceOptions(BaseModel):
         return value
 
     def warmup_steps(self, num_steps: int) -> int:
+        """t0 for a run of `num_steps` (None: 40 % of the steps)."""
         return round(0.4 * num_steps) if self.t0 is None else min(self.t0, num_steps)
 
     def step_sizes(self, num_steps: int) -> torch.Tensor:
+        """The influence update's step size at each step: `scale_factor` times the sqrt schedule."""
         a, b = self.scale_range
         return self.scale_factor * torch.sqrt(torch.linspace(a, b, num_steps, dtype=torch.float64))
 
     def updates_at(self, index: int, num_steps: int) -> bool:
+        """Whether the influence maps are updated at step `index`."""
         mixing = index >= self.warmup_steps(num_steps)
         in_window = self.t1 is None or index < self.t1
         return (mixing or self.updates_during_warmup) and in_window and self.scale_factor > 0

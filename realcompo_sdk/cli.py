@@ -218,14 +218,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def l2i_regions(report: Any) -> dict[str, dict[str, Any]]:
+    """Per L2I id: the region kinds it accepts and its object limit, or why its code cannot load.
+    Imports each adapter's module (not its weights)."""
+    regions: dict[str, dict[str, Any]] = {}
+    for (kind, id_), registration in sorted(report.registrations.items()):
+        if kind != "l2i":
+            continue
+        try:
+            cls = registration.load_class()
+        except RealCompoError as exc:
+            regions[id_] = {"error": str(exc)}
+            continue
+        regions[id_] = {"kinds": sorted(getattr(cls, "accepted_kinds", ())), "max_objects": getattr(cls, "max_objects", None)}
+    return regions
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from . import registry
 
     report = registry.report()
+    regions = l2i_regions(report)
     if args.json:
         print(json.dumps({
             "plugins": [vars(p) for p in report.plugins],
-            "ids": {f"{k}:{i}": {"distribution": r.distribution, "plugin": r.plugin} for (k, i), r in sorted(report.registrations.items())},
+            "ids": {f"{k}:{i}": {"distribution": r.distribution, "plugin": r.plugin,
+                                 **({"regions": regions[i]} if k == "l2i" else {})}
+                    for (k, i), r in sorted(report.registrations.items())},
             "conflicts": {f"{k}:{i}": dists for (k, i), dists in sorted(report.conflicts.items())},
             "problems": report.problems,
         }, indent=2))
@@ -238,6 +257,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     print(f"{'plugin':24s} {'distribution':34s} {'version':9s} {'status':8s} ids")
     for p in report.plugins:
         print(f"{p.name:24s} {p.distribution:34s} {p.version:9s} {p.status:8s} {', '.join(p.ids) or '-'}")
+    if regions:
+        print()
+        print(f"{'L2I adapter':24s} {'regions it takes':34s} max objects")
+        for id_, info in regions.items():
+            if "error" in info:
+                print(f"{id_:24s} cannot load: {info['error']}")
+            else:
+                print(f"{id_:24s} {', '.join(info['kinds']):34s} {info['max_objects'] or 'no limit'}")
     for problem in report.problems:
         print(f"problem: {problem}")
     return 0

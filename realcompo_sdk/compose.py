@@ -29,6 +29,9 @@ DEFAULT_T2I, DEFAULT_L2I, DEFAULT_PLANNER = "shapes-sd", "shapes-controlnet", "r
 
 @dataclass
 class GenerationResult:
+    """What a call returns: the images, the record of how they were made (also written into
+    each PNG), the influence maps when asked for, and the final latents."""
+
     images: list[Any]  # PIL images
     record: GenerationRecord
     influence: list[Any] = field(default_factory=list)  # per step (K, B, 1, h, w) weights, on request
@@ -188,9 +191,11 @@ class RealCompo:
 
     @property
     def adapters(self) -> list[Any]:
+        """The T2I adapter, then the L2I adapters, in the order they are balanced."""
         return [self.t2i, *self.l2i]
 
     def plan(self, prompt: str) -> Layout:
+        """The planner's layout of `prompt` (an error when this RealCompo has no planner)."""
         if self.planner is None:
             raise RealCompoError("no planner configured: pass layout=... or planner='rules'")
         return self.planner.plan(prompt)
@@ -213,8 +218,12 @@ class RealCompo:
     ) -> GenerationResult:
         """Generate `batch_size` images; sample b uses seed `seed + b`.
 
+        Give a `prompt` (the planner makes the layout) or a `layout` (its prompt is used).
         `mode` is "balanced" (RealCompo), "t2i" or "l2i" (one model alone, the baselines; "l2i"
-        uses the first L2I adapter), with the same noise, scheduler and decoder.
+        uses the first L2I adapter), with the same noise, scheduler and decoder; it is chosen per
+        call, so one loaded `RealCompo` runs all three. `num_steps` / `guidance_scale` left None
+        take the constructor's. `progress` is True for a progress bar, or a callback
+        ``(step, total)``; `record_influence` keeps the influence maps of every step in the result.
         """
         import torch
 

@@ -76,11 +76,13 @@ class StepInfo:
 class NoisePrediction:
     """One model output for a batch: guided (CFG) noise and/or the conditional branch alone.
 
-    Tensors are float32, shape (B, C, h, w). `guided` is None when only `cond` was asked for.
+    Tensors are float32, shape (B, C, h, w). `guided` is None when only `cond` was asked for;
+    `uncond` is the unconditional branch when both branches ran (adapters may leave it None).
     """
 
     cond: torch.Tensor
     guided: torch.Tensor | None = None
+    uncond: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -231,5 +233,6 @@ class LayoutPlanner(ABC):
         """
 
     def describe(self) -> dict[str, Any]:
+        """What goes into the generation record (no secrets)."""
         return {"id": getattr(self, "id", type(self).__name__),
                 "options": self.options.model_dump(mode="json")}

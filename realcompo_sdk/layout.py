@@ -66,13 +66,16 @@ class Box(_Frozen):
 
     @classmethod
     def from_xywh(cls, x: float, y: float, w: float, h: float) -> Box:
+        """A box from its top-left corner, width and height (fractions of the image)."""
         return cls(x0=x, y0=y, x1=x + w, y1=y + h)
 
     @property
     def area(self) -> float:
+        """Width times height, as a fraction of the image."""
         return (self.x1 - self.x0) * (self.y1 - self.y0)
 
     def as_tuple(self) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1)."""
         return (self.x0, self.y0, self.x1, self.y1)
 
 
@@ -124,6 +127,7 @@ class Mask(_Frozen):
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the mask grid."""
         if self.rows is not None:
             return (len(self.rows), len(self.rows[0]))
         assert self.rle is not None
@@ -143,6 +147,7 @@ class Mask(_Frozen):
         return [column_major[x * h + y] for y in range(h) for x in range(w)]
 
     def to_rows(self) -> list[list[int]]:
+        """The mask as rows of 0/1 (decoded from RLE when given so)."""
         h, w = self.shape
         flat = self._flat()
         return [flat[y * w : (y + 1) * w] for y in range(h)]
@@ -228,6 +233,7 @@ class LayoutObject(_Frozen):
 
     @property
     def kind(self) -> RegionKind:
+        """Which region the object has: box, mask, keypoints, point or scribble."""
         return next(k for k in REGION_KINDS if getattr(self, k) is not None)
 
     def bounding_box(self, keypoint_padding: float = 0.05) -> Box:
@@ -269,6 +275,7 @@ class Layout(_Frozen):
 
     @property
     def kinds(self) -> set[RegionKind]:
+        """The region kinds the layout uses."""
         return {o.kind for o in self.objects}
 
     @classmethod
@@ -281,6 +288,7 @@ class Layout(_Frozen):
         return cls(prompt=prompt, objects=objects, **kw)  # type: ignore[arg-type]
 
     def describe_error_location(self, index: int) -> str:
+        """How an error message names object `index`: its position and phrase."""
         return f"object {index} ({self.objects[index].phrase!r})"
 
 

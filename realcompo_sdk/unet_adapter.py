@@ -1,17 +1,30 @@
 """Shared machinery for adapters built on a diffusers `UNet2DConditionModel` + CLIP text encoder.
 
 Subclasses load their models (from a folder, a hub id, a single file, or memory) and call
-`_setup`; this class then provides everything the balancer asks of an adapter: batched CFG
+`setup_models`; this class then provides everything the balancer asks of an adapter: batched CFG
 noise, differentiable cross-attention maps with an early stop, token positions and schedulers.
-Conditioning specific to a model (GLIGEN's grounding tokens, ControlNet residuals, SDXL's added
-time ids) enters through `_unet_kwargs` and `_unet_input`.
+
+Conditioning specific to a model enters through four public extension points, each with a
+default that does nothing:
+
+- `prepare_conditioning(request, state)`: once per request, build it (check the layout, render a
+  control image, encode grounding tokens) and store it in `state` with `state.add(...)`;
+- `unet_input(sample, state, branches, step)`: the UNet's input (extra input channels);
+- `unet_kwargs(state, branches, step)`: extra UNet keyword arguments (GLIGEN, SDXL);
+- `run_unet(latents, step, state, branches)`: the whole forward, when the model needs more than
+  the UNet (ControlNet runs its control network first).
+
+Their earlier private names (`_setup`, `_prepare_conditioning`, `_unet_input`, `_unet_kwargs`,
+`_run_unet`) and `state.extra` still work with a DeprecationWarning; they are removed in
+realcompo-sdk 0.3.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -56,18 +69,72 @@ def resolve_device_dtype(options: TorchModelOptions) -> tuple[torch.device, torc
     return device, dtype
 
 
+C = TypeVar("C")
+
+
 @dataclass
 class UNetState:
-    """Per-request encodings: text embeddings per branch and model-specific conditioning."""
+    """What `prepare` encodes once per request and every model call of the request reads.
+
+    `cond` / `uncond` are the text embeddings of the prompt and negative prompt (B, T, D);
+    `pooled` holds pooled embeddings per branch where the model uses them (SDXL). Model-specific
+    conditioning is stored by type: each adapter defines a small dataclass for what it needs,
+    ``state.add(ControlImage(...))`` stores it, ``state.get(ControlImage)`` returns it typed.
+    Keying by type lets several contributors share one state (a ControlNet on an SDXL base adds
+    its control image next to SDXL's time ids) without clashing string keys.
+    """
 
     cond: torch.Tensor  # (B, T, D)
     uncond: torch.Tensor  # (B, T, D)
     pooled: dict[str, torch.Tensor | None] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    conditioning: dict[type, Any] = field(default_factory=dict)
+    _legacy_extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def add(self, item: object) -> None:
+        """Store `item` under its type, replacing an earlier one of the same type."""
+        self.conditioning[type(item)] = item
+
+    def get(self, kind: type[C]) -> C:
+        """The stored item of type `kind`; a clear error when `prepare_conditioning` did not add one."""
+        try:
+            return self.conditioning[kind]
+        except KeyError:
+            held = ", ".join(t.__name__ for t in self.conditioning) or "nothing"
+            raise RealCompoError(
+                f"this request's state holds no {kind.__name__} (it holds {held}): the adapter's "
+                "prepare_conditioning must add it with state.add(...) before the model runs"
+            ) from None
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Deprecated untyped storage; use `add` / `get`."""
+        warnings.warn("UNetState.extra is deprecated and removed in realcompo-sdk 0.3: store conditioning "
+                      "with state.add(item) and read it with state.get(ItsType)", DeprecationWarning, stacklevel=2)
+        return self._legacy_extra
+
+
+# Extension points made public: old private name -> public name. The old names keep working, with
+# a DeprecationWarning, until realcompo-sdk 0.3.
+RENAMED = {
+    "_setup": "setup_models",
+    "_prepare_conditioning": "prepare_conditioning",
+    "_unet_input": "unet_input",
+    "_unet_kwargs": "unet_kwargs",
+    "_run_unet": "run_unet",
+}
+
+
+def _warn_renamed(owner: str, old: str, new: str, stacklevel: int) -> None:
+    warnings.warn(f"{owner}: UNetAdapter.{old} is deprecated, renamed {new}; the old name is removed in "
+                  f"realcompo-sdk 0.3. Rename it to {new} (same arguments).", DeprecationWarning, stacklevel=stacklevel)
 
 
 class UNetAdapter(DiffusionAdapter):
-    """Base class; see the module docstring."""
+    """Base of adapters built on a diffusers UNet and CLIP text encoder(s); see the module docstring.
+
+    A subclass loads its models in `__init__` and calls `setup_models`; it overrides only the
+    extension points its conditioning needs.
+    """
 
     Options = TorchModelOptions
 
@@ -75,8 +142,21 @@ class UNetAdapter(DiffusionAdapter):
     text_encoder: Any
     tokenizer: Any
 
-    def _setup(self, *, unet: Any, text_encoder: Any, tokenizer: Any, scheduler_config: dict[str, Any],
-               latent_spec: LatentSpec, device: torch.device, dtype: torch.dtype) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for old, new in RENAMED.items():
+            method = cls.__dict__.get(old)
+            if method is not None and new not in cls.__dict__:  # a subclass written for the old names
+                _warn_renamed(f"{cls.__module__}.{cls.__qualname__} overrides {old}", old, new, stacklevel=3)
+                setattr(cls, new, method)
+
+    def setup_models(self, *, unet: Any, text_encoder: Any, tokenizer: Any, scheduler_config: dict[str, Any],
+                     latent_spec: LatentSpec, device: torch.device, dtype: torch.dtype) -> None:
+        """Attach the loaded models: moved to `device`, cast to `dtype` where needed, frozen, eval mode.
+
+        `scheduler_config` is the model's scheduler config (a dict as diffusers saves it);
+        `latent_spec` is usually `latent_spec_from(vae.config, unet.config, scheduler_config, family)`.
+        """
         self.unet = place(unet, device, dtype)
         self.text_encoder = place(text_encoder, device, dtype)
         self.tokenizer = tokenizer
@@ -110,6 +190,7 @@ class UNetAdapter(DiffusionAdapter):
     # ---- text ----------------------------------------------------------------------------
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, D) token embeddings and the pooled embedding (or None) of `texts`; warns when a text is longer than the encoder reads."""
         warn_if_truncated(self.tokenizer, texts, f"adapter {self.name!r}")
         ids = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(self.device)
@@ -121,39 +202,74 @@ class UNetAdapter(DiffusionAdapter):
         cond, pooled_c = self.encode_text([request.prompt] * b)
         uncond, pooled_u = self.encode_text([request.negative_prompt] * b)
         state = UNetState(cond=cond, uncond=uncond, pooled={"cond": pooled_c, "uncond": pooled_u})
-        self._prepare_conditioning(request, state)
+        self.prepare_conditioning(request, state)
         return state
 
-    def _prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
-        """L2I subclasses build their layout conditioning into `state.extra` here."""
+    # ---- extension points (see the module docstring) -------------------------------------
+    def prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
+        """Once per request, after the text is encoded: check the layout and build this model's
+        conditioning into `state` (``state.add(...)``). Runs outside autograd."""
 
-    # ---- model calls ---------------------------------------------------------------------
-    def _unet_input(self, sample: torch.Tensor, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> torch.Tensor:
-        """The UNet's input for the batched branches (e.g. concatenated control channels)."""
+    def unet_input(self, sample: torch.Tensor, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> torch.Tensor:
+        """The UNet's input for the batched branches: `sample` is (len(branches) * B, C, h, w) in
+        the model dtype, branch-major in the order of `branches`. Return it with extra channels
+        concatenated, for models that take them (inpainting-style UNets)."""
         return sample
 
-    def _unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
-        """Extra UNet keyword arguments for the batched branches (GLIGEN, ControlNet, SDXL)."""
+    def unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
+        """Extra UNet keyword arguments for the batched branches (GLIGEN's `cross_attention_kwargs`,
+        SDXL's `added_cond_kwargs`); tensors batched branch-major like `sample`."""
         return {}
 
-    def _run_unet(self, latents: torch.Tensor, step: StepInfo, state: UNetState, branches: tuple[Branch, ...]) -> torch.Tensor:
+    def run_unet(self, latents: torch.Tensor, step: StepInfo, state: UNetState, branches: tuple[Branch, ...]) -> torch.Tensor:
+        """One batched forward of `branches` on `latents` (B, C, h, w): the raw model output,
+        (len(branches) * B, C, h, w). Both noise prediction and attention capture call it, so an
+        override conditions both (ControlNet runs its control network here first)."""
         sample = torch.cat([latents] * len(branches)).to(self.dtype)
-        sample = self._unet_input(sample, state, branches, step)
+        sample = self.unet_input(sample, state, branches, step)
         embeds = torch.cat([state.cond if b == "cond" else state.uncond for b in branches])
         t = step.timestep
         return self.unet(sample, t, encoder_hidden_states=embeds, return_dict=False,
-                         **self._unet_kwargs(state, branches, step))[0]
+                         **self.unet_kwargs(state, branches, step))[0]
+
+    # The old names, for callers and for overrides calling super(): warn, then forward.
+    def _forward_renamed(self, old: str, *args: Any, **kwargs: Any) -> Any:
+        new = RENAMED[old]
+        _warn_renamed(f"{type(self).__qualname__} calls {old}", old, new, stacklevel=4)
+        busy = self.__dict__.setdefault("_renamed_busy", set())
+        if old in busy:  # an old-style override calling super().<old>(): the base behaviour
+            return getattr(UNetAdapter, new)(self, *args, **kwargs)
+        busy.add(old)
+        try:
+            return getattr(self, new)(*args, **kwargs)
+        finally:
+            busy.discard(old)
+
+    def _setup(self, **models: Any) -> None:
+        self._forward_renamed("_setup", **models)
+
+    def _prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
+        self._forward_renamed("_prepare_conditioning", request, state)
+
+    def _unet_input(self, sample: torch.Tensor, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> torch.Tensor:
+        return self._forward_renamed("_unet_input", sample, state, branches, step)
+
+    def _unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
+        return self._forward_renamed("_unet_kwargs", state, branches, step)
+
+    def _run_unet(self, latents: torch.Tensor, step: StepInfo, state: UNetState, branches: tuple[Branch, ...]) -> torch.Tensor:
+        return self._forward_renamed("_run_unet", latents, step, state, branches)
 
     @torch.no_grad()
     def predict_noise(self, latents: torch.Tensor, step: StepInfo, state: UNetState, *, guidance_scale: float,
                       branches: tuple[Branch, ...] = ("uncond", "cond")) -> NoisePrediction:
-        out = self._run_unet(latents, step, state, branches).float()
+        out = self.run_unet(latents, step, state, branches).float()
         if self.options.check_finite and not bool(torch.isfinite(out).all()):
             raise NonFiniteNoiseError(self._non_finite_reason(latents, step))
         parts = dict(zip(branches, out.chunk(len(branches))))
         if set(branches) == {"uncond", "cond"}:
             guided = parts["uncond"] + guidance_scale * (parts["cond"] - parts["uncond"])
-            return NoisePrediction(cond=parts["cond"], guided=guided)
+            return NoisePrediction(cond=parts["cond"], guided=guided, uncond=parts["uncond"])
         return NoisePrediction(cond=parts[branches[0]])
 
     def _non_finite_reason(self, latents: torch.Tensor, step: StepInfo) -> str:
@@ -215,7 +331,7 @@ class UNetAdapter(DiffusionAdapter):
         capture = CrossAttentionCapture(layers, token_groups, stop_after_last=stop_early)
         with capture:
             try:
-                self._run_unet(latents, step, state, ("cond",))
+                self.run_unet(latents, step, state, ("cond",))
             except StopForward:
                 pass
         maps = capture.maps()  # (B, J, N)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -78,6 +79,20 @@ def test_plugins_lists_builtin_and_testing_ids(tiny_registry, capsys):
     assert main(["plugins", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert "planner:rules" in data["ids"] and "t2i:tiny-t2i" in data["ids"]
+    assert data["ids"]["l2i:tiny-l2i"]["regions"] == {"kinds": ["box", "keypoints", "mask"], "max_objects": 8}
+
+
+def test_plugins_lists_the_regions_each_l2i_adapter_takes(tiny_registry, capsys):
+    from realcompo_sdk import registry
+
+    assert main(["plugins"]) == 0
+    table = capsys.readouterr().out.split("L2I adapter", 1)[1]
+    assert re.search(r"\ntiny-l2i +box, keypoints, mask +8\n", table)
+    # an adapter whose code is gone is reported in the table, not a crash
+    broken = registry.report().registrations[("l2i", "tiny-l2i")]
+    broken.target = "realcompo_no_such_module:Adapter"
+    assert main(["plugins"]) == 0
+    assert re.search(r"\ntiny-l2i +cannot load: .*realcompo_no_such_module", capsys.readouterr().out)
 
 
 def test_interrupted_write_leaves_no_file(tmp_path):

@@ -24,3 +24,17 @@ def test_every_hook_has_a_section_with_its_exact_signature():
         params = ", ".join(inspect.signature(getattr(hookspecs, name)).parameters)
         assert f"### {name}\n" in text, f"docs/plugins.md has no section for hook {name}"
         assert f"`{name}({params})`" in text, f"docs/plugins.md does not give the signature {name}({params})"
+
+
+def test_api_reference_is_generated_from_the_current_code():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "docs" / "build_api.py"
+    spec = importlib.util.spec_from_file_location("build_api", path)
+    build_api = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_api)
+    text = build_api.render()
+    for needed in ("### UNetAdapter", "#### `prepare_conditioning(", "#### `unet_kwargs(", "#### `run_unet(",
+                   "### UNetState", "### GenerationRequest", "### L2IAdapterContract", "### RealCompo"):
+        assert needed in text
+    assert build_api.main(["--check"]) == 0, "docs/api.md is stale: run python docs/build_api.py"

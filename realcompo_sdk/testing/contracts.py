@@ -26,15 +26,24 @@ _CACHE: dict[type, Any] = {}
 
 
 class _AdapterContract:
+    """The tests every diffusion adapter passes: what the balancer relies on, checked on the
+    adapter's own models (tiny ones in a plugin's tests).
+
+    Subclasses implement `make_adapter`; they may override `prompt`, `layout()`,
+    `guidance_scale`, `batch_size` and `steps`. Each test's docstring says what it guards.
+    """
+
     prompt: ClassVar[str] = "a red cat to the left of a blue dog"
     guidance_scale: ClassVar[float] = 5.0
     batch_size: ClassVar[int] = 2
     steps: ClassVar[int] = 4
 
     def make_adapter(self) -> DiffusionAdapter:
+        """The adapter under test; called once per test class, the result is cached."""
         raise NotImplementedError("subclasses return the adapter under test")
 
     def layout(self) -> Layout:
+        """Two boxed objects whose phrases occur in `prompt`; override for other region kinds."""
         return Layout(prompt=self.prompt, objects=[
             LayoutObject(phrase="red cat", box=Box(x0=0.0, y0=0.25, x1=0.5, y1=0.75)),
             LayoutObject(phrase="blue dog", box=Box(x0=0.5, y0=0.25, x1=1.0, y1=0.75)),
@@ -42,6 +51,7 @@ class _AdapterContract:
 
     @pytest.fixture
     def adapter(self) -> DiffusionAdapter:
+        """The adapter under test, made once per test class by `make_adapter`."""
         key = type(self)
         if key not in _CACHE:
             _CACHE[key] = self.make_adapter()
@@ -70,13 +80,16 @@ class _AdapterContract:
 
     # the contract ----------------------------------------------------------------------------
     def test_has_lowercase_string_id(self, adapter: DiffusionAdapter) -> None:
+        """Users type the id on the command line; plugins register it."""
         assert isinstance(type(adapter).id, str) and type(adapter).id == type(adapter).id.lower() and type(adapter).id
 
     def test_options_reject_unknown_keys(self, adapter: DiffusionAdapter) -> None:
+        """A typo in an option must be an error, never a silently ignored default."""
         with pytest.raises(pydantic.ValidationError):
             type(adapter).Options(definitely_not_an_option=1)
 
     def test_latent_spec_is_complete(self, adapter: DiffusionAdapter) -> None:
+        """The compatibility check between adapters reads every field; the default size must be valid."""
         spec = adapter.latent_spec
         assert isinstance(spec, LatentSpec)
         assert spec.channels > 0 and spec.vae_scale_factor > 0 and spec.scaling_factor > 0
@@ -85,6 +98,8 @@ class _AdapterContract:
         assert h % spec.resolution_multiple == 0 and w % spec.resolution_multiple == 0
 
     def test_guided_noise_equals_cfg_of_separate_branches(self, adapter: DiffusionAdapter) -> None:
+        """The batched forward must equal the branches run alone (the reference loop runs them
+        alone), and `guided` must be CFG of them, in float32."""
         state = adapter.prepare(self._request(adapter))
         x, step, s = self._latents(adapter), self._step(adapter), self.guidance_scale
         both = adapter.predict_noise(x, step, state, guidance_scale=s)
@@ -94,8 +109,12 @@ class _AdapterContract:
         assert both.guided.dtype.is_floating_point and str(both.guided.dtype) == "torch.float32"
         assert (both.cond - cond).abs().max() <= 1e-4
         assert (both.guided - (uncond + s * (cond - uncond))).abs().max() <= 1e-3
+        if both.uncond is not None:  # optional; when given, it must be the unconditional branch
+            assert (both.uncond - uncond).abs().max() <= 1e-4
 
     def test_attention_maps_are_differentiable_probabilities(self, adapter: DiffusionAdapter) -> None:
+        """The balancer's gradient step needs maps in [0, 1] of shape (B, J, r, r') with a
+        non-zero gradient w.r.t. the latents."""
         request = self._request(adapter)
         state = adapter.prepare(request)
         phrases = [o.phrase for o in request.layout.objects]
@@ -109,6 +128,7 @@ class _AdapterContract:
         assert float(grad.abs().sum()) > 0
 
     def test_early_stop_gives_the_same_maps(self, adapter: DiffusionAdapter) -> None:
+        """Stopping the forward after the last layer read is a speed-up, never a change."""
         request = self._request(adapter)
         state = adapter.prepare(request)
         _, positions = adapter.phrase_token_positions(request.prompt, [o.phrase for o in request.layout.objects])
@@ -119,6 +139,7 @@ class _AdapterContract:
             assert (early - full).abs().max() <= 1e-5
 
     def test_token_positions_point_at_the_phrases(self, adapter: DiffusionAdapter) -> None:
+        """Each object gets its own non-empty token positions, after the start token."""
         layout = self.layout()
         _, positions = adapter.phrase_token_positions(layout.prompt, [o.phrase for o in layout.objects])
         assert len(positions) == len(layout.objects)
@@ -126,15 +147,20 @@ class _AdapterContract:
         assert positions[0] != positions[1]
 
     def test_scheduler_is_a_fresh_diffusers_scheduler(self, adapter: DiffusionAdapter) -> None:
+        """Schedulers hold state (multistep solvers): each run needs its own."""
         a, b = adapter.make_scheduler(), adapter.make_scheduler()
         assert a is not b and hasattr(a, "set_timesteps") and hasattr(a, "step")
 
 
 class T2IAdapterContract(_AdapterContract):
+    """Contract of a text-to-image adapter: the shared tests, plus decoding."""
+
     def test_is_t2i(self, adapter: DiffusionAdapter) -> None:
+        """The registry and `RealCompo` tell T2I from L2I by class."""
         assert isinstance(adapter, T2IAdapter)
 
     def test_decode_gives_images_in_unit_range(self, adapter: T2IAdapter) -> None:
+        """The T2I adapter decodes the balanced latents: (B, 3, H, W) in [0, 1]."""
         images = adapter.decode(self._latents(adapter))
         h, w = adapter.latent_spec.default_resolution
         assert tuple(images.shape) == (self.batch_size, 3, h, w)
@@ -142,6 +168,9 @@ class T2IAdapterContract(_AdapterContract):
 
 
 class L2IAdapterContract(_AdapterContract):
+    """Contract of a layout-to-image adapter: the shared tests, plus that the layout is checked
+    (kinds, object count) and really changes the noise."""
+
     # set False for models whose fresh (untrained) layout branch is a no-op
     layout_sensitive: ClassVar[bool] = True
 
@@ -167,12 +196,14 @@ class L2IAdapterContract(_AdapterContract):
         return Layout(prompt=layout.prompt, objects=[moved(o) for o in layout.objects])
 
     def test_is_l2i_with_declared_kinds(self, adapter: DiffusionAdapter) -> None:
+        """`accepted_kinds` is what `RealCompo` checks layouts against before loading."""
         assert isinstance(adapter, L2IAdapter)
         from ..layout import REGION_KINDS
 
         assert adapter.accepted_kinds and adapter.accepted_kinds <= set(REGION_KINDS)
 
     def test_rejects_too_many_objects(self, adapter: L2IAdapter) -> None:
+        """A declared `max_objects` is enforced with a LayoutError naming the limit."""
         from ..errors import LayoutError
 
         if adapter.max_objects is None:
@@ -183,6 +214,7 @@ class L2IAdapterContract(_AdapterContract):
             adapter.check_layout(Layout(prompt="cat", objects=objects))
 
     def test_rejects_unaccepted_region_kinds(self, adapter: L2IAdapter) -> None:
+        """An object of a kind the model cannot use is a LayoutError, not silently dropped."""
         from ..errors import LayoutError
         from ..layout import Keypoint, Mask, Point
 
@@ -200,6 +232,7 @@ class L2IAdapterContract(_AdapterContract):
             adapter.check_layout(Layout(prompt="a cat", objects=[objects[rejected[0]]]))
 
     def test_layout_changes_the_conditional_noise(self, adapter: L2IAdapter) -> None:
+        """Moving the objects changes the conditional noise at an early step: the layout is used."""
         if not self.layout_sensitive:
             pytest.skip("layout branch declared insensitive for this model")
         x, step = self._latents(adapter), self._step(adapter)

@@ -90,6 +90,7 @@ class FakeLLMServer:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> FakeLLMServer:
+        """Start serving on a free port of 127.0.0.1 (a context manager does it for you)."""
         server = self
 
         class Handler(_Handler):
@@ -106,6 +107,7 @@ class FakeLLMServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving and join the server thread."""
         self._stopping.set()  # wakes handlers sleeping in a scripted delay
         httpd, self._httpd = self._httpd, None
         if httpd is not None:
@@ -123,6 +125,7 @@ class FakeLLMServer:
     # -- addresses -------------------------------------------------------------------------
     @property
     def url(self) -> str:
+        """http://127.0.0.1:PORT of the running server."""
         if self._httpd is None:
             raise RuntimeError("the fake LLM server is not running; use it as a context manager")
         host, port = self._httpd.server_address[:2]

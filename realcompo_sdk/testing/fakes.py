@@ -7,6 +7,7 @@ Both run the real `UNetAdapter` machinery, so they exercise the sampler for real
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -16,6 +17,13 @@ from ..interfaces import GenerationRequest, L2IAdapter, LayoutPlanner, T2IAdapte
 from ..layout import Box, Layout, LayoutObject, RegionKind
 from ..unet_adapter import TorchModelOptions, UNetAdapter, UNetState, latent_spec_from, place
 from .components import tiny_scheduler_config, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """Where the layout has objects, (1, 1, h, w): the tiny L2I model's extra input channel."""
+
+    mask: torch.Tensor
 
 
 class TinyOptions(TorchModelOptions):
@@ -37,7 +45,7 @@ class _TinyBase(UNetAdapter):
         device = torch.device("cpu" if opts.device == "auto" else opts.device)
         dtype = torch.float32 if opts.dtype == "auto" else getattr(torch, opts.dtype)
         spec = latent_spec_from(self.vae.config, unet.config, scheduler_config, family="tiny")
-        self._setup(unet=unet, text_encoder=tiny_text_encoder(opts.seed, tokenizer=tokenizer), tokenizer=tokenizer,
+        self.setup_models(unet=unet, text_encoder=tiny_text_encoder(opts.seed, tokenizer=tokenizer), tokenizer=tokenizer,
                     scheduler_config=scheduler_config, latent_spec=spec, device=device, dtype=dtype)
         self.vae = place(self.vae, device, dtype)
 
@@ -52,15 +60,15 @@ class TinyL2IAdapter(_TinyBase, L2IAdapter):
     max_objects: ClassVar[int | None] = 8
     in_channels = 5
 
-    def _prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
+    def prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
         self.check_layout(request.layout)
         f = self.latent_spec.vae_scale_factor
         regions = region_masks(request.layout, request.height // f, request.width // f, self.device)
-        state.extra["occupancy"] = regions.amax(dim=0)[None, None].to(self.dtype)
+        state.add(Occupancy(regions.amax(dim=0)[None, None].to(self.dtype)))
 
-    def _unet_input(self, sample: torch.Tensor, state: UNetState, branches: tuple, step: object) -> torch.Tensor:
+    def unet_input(self, sample: torch.Tensor, state: UNetState, branches: tuple, step: object) -> torch.Tensor:
         per_branch = sample.shape[0] // len(branches)
-        occupancy = state.extra["occupancy"]
+        occupancy = state.get(Occupancy).mask
         maps = [occupancy if b == "cond" else torch.zeros_like(occupancy) for b in branches]
         control = torch.cat([m.expand(per_branch, -1, -1, -1) for m in maps])
         return torch.cat([sample, control], dim=1)

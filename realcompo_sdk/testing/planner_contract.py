@@ -50,6 +50,7 @@ class LayoutPlannerContract:
 
     # -- identity and options ------------------------------------------------------------------
     def test_id_is_a_short_lower_case_string(self) -> None:
+        """Users type the id on the command line."""
         planner = self.make_planner()
         planner_id = getattr(type(planner), "id", None)
         assert isinstance(planner_id, str), f"{type(planner).__name__} needs a class-level string 'id'"
@@ -57,6 +58,7 @@ class LayoutPlannerContract:
             f"planner id {planner_id!r} must be short and lower case (letters, digits, '-', '_', '.')")
 
     def test_options_forbid_unknown_keys(self) -> None:
+        """A typo in an option is an error, never a silent default."""
         planner = self.make_planner()
         options_cls = type(planner).Options
         assert issubclass(options_cls, AdapterOptions), "Options must subclass realcompo_sdk.AdapterOptions"
@@ -65,6 +67,7 @@ class LayoutPlannerContract:
             type(planner)(no_such_option=1)
 
     def test_describe_is_json_ready(self) -> None:
+        """The generation record stores `describe()` as JSON."""
         import json
 
         description = self.make_planner().describe()
@@ -73,6 +76,7 @@ class LayoutPlannerContract:
 
     # -- planning ------------------------------------------------------------------------------
     def test_plan_returns_a_layout_of_the_prompt(self) -> None:
+        """Each of `prompts` gives a `Layout` of that prompt."""
         planner = self.make_planner()
         for prompt in self.prompts:
             layout = planner.plan(prompt)
@@ -81,6 +85,7 @@ class LayoutPlannerContract:
             assert layout.objects, f"plan({prompt!r}) returned no object"
 
     def test_phrases_are_words_of_the_prompt(self) -> None:
+        """Token positions are found in the prompt: phrases must occur in it."""
         planner = self.make_planner()
         for prompt in self.prompts:
             layout = planner.plan(prompt)
@@ -89,6 +94,7 @@ class LayoutPlannerContract:
                     f"object {i} of plan({prompt!r}) has phrase {obj.phrase!r}, which is not in the prompt")
 
     def test_boxes_lie_inside_the_image(self) -> None:
+        """Regions are fractions of the image, in [0, 1]."""
         planner = self.make_planner()
         for prompt in self.prompts:
             for obj in planner.plan(prompt).objects:
@@ -97,6 +103,7 @@ class LayoutPlannerContract:
                     f"{obj.phrase!r} in plan({prompt!r}) has box {box.as_tuple()} outside [0, 1] or inverted")
 
     def test_same_prompt_gives_the_same_layout(self) -> None:
+        """Planning is repeatable (seeded, cached or deterministic)."""
         planner = self.make_planner()
         for prompt in self.prompts:
             first = planner.plan(prompt).model_dump()
@@ -105,6 +112,7 @@ class LayoutPlannerContract:
 
     @pytest.mark.parametrize("empty", ["", "   ", "\n\t"])
     def test_empty_prompt_is_a_clear_error(self, empty: str) -> None:
+        """An empty prompt is a PlannerError or ValueError, not a crash or an empty layout."""
         planner = self.make_planner()
         with pytest.raises((PlannerError, ValueError)) as info:
             planner.plan(empty)

@@ -98,7 +98,7 @@ class LayoutGuidanceAdapter(UNetAdapter, L2IAdapter):
         family = "sd2" if parts.text_encoder.config.hidden_size == 1024 else "sd1"
         spec = latent_spec_from(parts.vae.config, parts.unet.config, parts.scheduler_config, family=family)
         # no VAE kept: the T2I adapter decodes the balanced latents
-        self._setup(unet=parts.unet, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+        self.setup_models(unet=parts.unet, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
                     scheduler_config=parts.scheduler_config, latent_spec=spec, device=device, dtype=dtype)
 
     # ---- per request -------------------------------------------------------------------------
@@ -116,16 +116,16 @@ class LayoutGuidanceAdapter(UNetAdapter, L2IAdapter):
             )
         return wanted
 
-    def _prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
+    def prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
         self.check_layout(request.layout)
         resolution = self.guidance_resolution(request.height, request.width)
         map_width = request.width * resolution // request.height
         _, positions = self.phrase_token_positions(request.prompt, [o.phrase for o in request.layout.objects])
-        state.extra["layout_guidance"] = GuidanceTargets(
+        state.add(GuidanceTargets(
             token_groups=[positions] * request.batch_size,
             regions=region_masks(request.layout, resolution, map_width, self.device),
             resolution=resolution,
-        )
+        ))
 
     # ---- the guidance ------------------------------------------------------------------------
     def guides_at(self, step: StepInfo) -> bool:
@@ -135,7 +135,7 @@ class LayoutGuidanceAdapter(UNetAdapter, L2IAdapter):
 
     def energy(self, latents: torch.Tensor, step: StepInfo, state: UNetState) -> torch.Tensor:
         """(B,) layout energy of each sample; differentiable w.r.t. `latents`."""
-        targets: GuidanceTargets = state.extra["layout_guidance"]
+        targets = state.get(GuidanceTargets)
         maps = self.attention_probs(latents, step, state, targets.token_groups, targets.resolution)  # (B, J, r, r')
         inside = (maps * targets.regions[None]).sum(dim=(-2, -1))
         total = maps.sum(dim=(-2, -1))

@@ -21,6 +21,7 @@ visible keypoints, a mask object's mask (`realcompo_sdk.balancer.region_masks`).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +39,14 @@ from . import segmentation
 from .openpose import render_openpose
 
 DEFAULT_BASES = {"sd": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
+
+
+@dataclass(frozen=True)
+class ControlImage:
+    """A request's control image: the tensor the ControlNet reads and the picture it came from."""
+
+    tensor: torch.Tensor  # (B, 3, H, W) in [0, 1], the model dtype
+    picture: Any  # PIL image, RGB
 
 
 class ControlNetOptions(TorchModelOptions):
@@ -136,7 +145,7 @@ class ControlNetAdapter(UNetAdapter, L2IAdapter):
         self._check_pair(self._controlnet_config, base.unet.config, getattr(base.options, "model", "?"),
                          base.name if self.shared else None)
         self.base = base
-        self._setup(unet=base.unet, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+        self.setup_models(unet=base.unet, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
                     scheduler_config=base.scheduler_config, latent_spec=base.latent_spec,
                     device=base.device, dtype=base.dtype)
         self.controlnet = place(controlnet, base.device, base.dtype)
@@ -244,10 +253,10 @@ class ControlNetAdapter(UNetAdapter, L2IAdapter):
 
     def prepare(self, request: GenerationRequest) -> UNetState:
         state = self.base.prepare(request)  # text (and SDXL added) conditioning, exactly as the base model's
-        self._prepare_conditioning(request, state)
+        self.prepare_conditioning(request, state)
         return state
 
-    def _prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
+    def prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
         self.check_layout(request.layout)
         f = self.latent_spec.vae_scale_factor
         height = request.height // f * self.control_factor
@@ -255,20 +264,19 @@ class ControlNetAdapter(UNetAdapter, L2IAdapter):
         image = self.render_control(request.layout, height, width)
         array = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0  # [0, 1], as diffusers
         control = torch.from_numpy(array)[None].to(self.device, self.dtype)
-        state.extra["control_image"] = control.expand(request.batch_size, -1, -1, -1)
-        state.extra["control_pil"] = image
+        state.add(ControlImage(tensor=control.expand(request.batch_size, -1, -1, -1), picture=image))
 
-    def _unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
-        return self.base._unet_kwargs(state, branches, step)
+    def unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
+        return self.base.unet_kwargs(state, branches, step)
 
-    def _run_unet(self, latents: torch.Tensor, step: StepInfo, state: UNetState, branches: tuple[Branch, ...]) -> torch.Tensor:
+    def run_unet(self, latents: torch.Tensor, step: StepInfo, state: UNetState, branches: tuple[Branch, ...]) -> torch.Tensor:
         n = len(branches)
         sample = torch.cat([latents] * n).to(self.dtype)
         embeds = torch.cat([state.cond if b == "cond" else state.uncond for b in branches])
-        kwargs = self._unet_kwargs(state, branches, step)
+        kwargs = self.unet_kwargs(state, branches, step)
         # both branches see the control image, as in diffusers' ControlNet pipelines (guess_mode off)
         down, mid = self.controlnet(sample, step.timestep, encoder_hidden_states=embeds,
-                                    controlnet_cond=torch.cat([state.extra["control_image"]] * n),
+                                    controlnet_cond=torch.cat([state.get(ControlImage).tensor] * n),
                                     conditioning_scale=self.options.conditioning_scale,
                                     added_cond_kwargs=kwargs.get("added_cond_kwargs"), return_dict=False)
         return self.unet(sample, step.timestep, encoder_hidden_states=embeds, down_block_additional_residuals=down,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from realcompo_plugin_controlnet.adapter import ControlNetOpenPoseAdapter, ControlNetSegAdapter
 from realcompo_plugin_controlnet.poses import standing_person
-from realcompo_plugin_gligen.adapter import GligenAdapter
+from realcompo_plugin_gligen.adapter import GligenAdapter, GligenGrounding
 from realcompo_plugin_sd.adapter import StableDiffusionAdapter
 from realcompo_plugin_sd.sdxl import StableDiffusionXLAdapter
 
@@ -194,7 +194,7 @@ def test_gligen_grounds_keypoints_by_their_bounding_box_only_when_asked(folders)
     gligen = GligenAdapter(model=str(folders["gligen"]), ground_by_bounding_box=True)
     request = GenerationRequest(prompt=layout.prompt, negative_prompt="", layout=layout, batch_size=1,
                                 height=32, width=32, num_steps=2)
-    boxes = gligen.prepare(request).extra["gligen"]["boxes"][0, :2]
+    boxes = gligen.prepare(request).get(GligenGrounding).boxes[0, :2]
     expected = torch.tensor([o.bounding_box().as_tuple() for o in layout.objects])
     torch.testing.assert_close(boxes, expected)
 

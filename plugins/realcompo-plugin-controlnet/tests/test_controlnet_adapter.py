@@ -9,7 +9,7 @@ import numpy as np
 import pydantic
 import pytest
 import torch
-from realcompo_plugin_controlnet.adapter import ControlNetOpenPoseAdapter, ControlNetSegAdapter
+from realcompo_plugin_controlnet.adapter import ControlImage, ControlNetOpenPoseAdapter, ControlNetSegAdapter
 from realcompo_plugin_controlnet.poses import standing_person
 from realcompo_plugin_sd.adapter import StableDiffusionAdapter
 from realcompo_plugin_sd.sdxl import StableDiffusionXLAdapter
@@ -128,7 +128,7 @@ def _compare_one_step(adapter, pipe, layout):
         ref.setdefault("latents", kwargs["latents"].clone())
         return kwargs
 
-    pipe(layout.prompt, image=state.extra["control_pil"], num_inference_steps=2, guidance_scale=guidance,
+    pipe(layout.prompt, image=state.get(ControlImage).picture, num_inference_steps=2, guidance_scale=guidance,
          latents=latents.clone(), output_type="latent", controlnet_conditioning_scale=adapter.options.conditioning_scale,
          callback_on_step_end=stop)
     torch.testing.assert_close(ours, ref["latents"], atol=1e-4, rtol=1e-4)
@@ -150,9 +150,9 @@ def test_conditioning_scale_zero_is_the_base_model(folders):
 def test_control_image_is_rendered_at_the_request_size(folders):
     adapter = ControlNetOpenPoseAdapter(controlnet=str(folders["cn-sd"]), base=str(folders["sd"]))
     state = adapter.prepare(_request(keypoint_layout(), batch=2, size=48))
-    control = state.extra["control_image"]
+    control = state.get(ControlImage).tensor
     assert control.shape == (2, 3, 48, 48) and float(control.min()) >= 0 and float(control.max()) <= 1
-    assert np.asarray(state.extra["control_pil"]).any()
+    assert np.asarray(state.get(ControlImage).picture).any()
 
 
 def test_unshared_base_drops_its_vae_and_reports_the_base(folders):

@@ -8,6 +8,7 @@ the gated layers on for the first `scheduled_sampling_beta` fraction of the step
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -20,6 +21,15 @@ from realcompo_sdk.layout import Layout, LayoutObject, RegionKind
 from realcompo_sdk.unet_adapter import TorchModelOptions, UNetAdapter, UNetState, latent_spec_from, resolve_device_dtype
 
 MAX_OBJECTS = 30
+
+
+@dataclass(frozen=True)
+class GligenGrounding:
+    """The position net's inputs for a request, padded to MAX_OBJECTS, batched (B, ...)."""
+
+    boxes: torch.Tensor  # (B, 30, 4) x0, y0, x1, y1 in [0, 1]
+    positive_embeddings: torch.Tensor  # (B, 30, D) pooled phrase embeddings
+    masks: torch.Tensor  # (B, 30) 1 for real objects
 
 
 class GligenOptions(TorchModelOptions):
@@ -46,7 +56,7 @@ class GligenAdapter(UNetAdapter, L2IAdapter):
         if getattr(parts.unet, "position_net", None) is None:
             raise RealCompoError(f"{opts.model}: the UNet has no GLIGEN position net (attention_type={parts.unet.config.attention_type!r})")
         spec = latent_spec_from(parts.vae.config, parts.unet.config, parts.scheduler_config, family="sd1")
-        self._setup(unet=parts.unet, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+        self.setup_models(unet=parts.unet, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
                     scheduler_config=parts.scheduler_config, latent_spec=spec, device=device, dtype=dtype)
         self._fusers = [m for m in self.unet.modules() if type(m).__name__ == "GatedSelfAttentionDense"]
 
@@ -56,7 +66,7 @@ class GligenAdapter(UNetAdapter, L2IAdapter):
                 LayoutObject(phrase=o.phrase, box=o.bounding_box()) for o in layout.objects])
         super().check_layout(layout)
 
-    def _prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
+    def prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
         self.check_layout(request.layout)
         phrases = [o.phrase for o in request.layout.objects]
         ids = self.tokenizer(phrases, padding=True, return_tensors="pt").input_ids.to(self.device)
@@ -70,20 +80,17 @@ class GligenAdapter(UNetAdapter, L2IAdapter):
         masks = torch.zeros(MAX_OBJECTS, device=self.device, dtype=self.dtype)
         masks[:n] = 1
         b = request.batch_size
-        state.extra["gligen"] = {
-            "boxes": boxes.expand(b, -1, -1),
-            "positive_embeddings": embeddings.expand(b, -1, -1),
-            "masks": masks.expand(b, -1),
-        }
+        state.add(GligenGrounding(boxes=boxes.expand(b, -1, -1), positive_embeddings=embeddings.expand(b, -1, -1),
+                                  masks=masks.expand(b, -1)))
 
-    def _unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
+    def unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
         grounded = step.index < int(self.options.scheduled_sampling_beta * step.num_steps)
         for fuser in self._fusers:
             fuser.enabled = grounded
-        g = state.extra["gligen"]
-        masks = [g["masks"] if b == "cond" else torch.zeros_like(g["masks"]) for b in branches]
+        g = state.get(GligenGrounding)
+        masks = [g.masks if b == "cond" else torch.zeros_like(g.masks) for b in branches]
         return {"cross_attention_kwargs": {"gligen": {
-            "boxes": torch.cat([g["boxes"]] * len(branches)),
-            "positive_embeddings": torch.cat([g["positive_embeddings"]] * len(branches)),
+            "boxes": torch.cat([g.boxes] * len(branches)),
+            "positive_embeddings": torch.cat([g.positive_embeddings] * len(branches)),
             "masks": torch.cat(masks),
         }}}

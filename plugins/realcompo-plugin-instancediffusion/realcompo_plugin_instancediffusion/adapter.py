@@ -12,6 +12,7 @@ Inside RealCompo the adapter samples without MIS (the balanced loop owns one lat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -37,6 +38,15 @@ MAX_INSTANCES = 30
 OFFICIAL_NEGATIVE_PROMPT = (
     "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, low quality"
 )
+
+
+@dataclass(frozen=True)
+class InstanceTokens:
+    """The position net's grounding tokens per branch, (B, 184, D) in the UNet's dtype."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor  # from the null inputs, as the official code's uncond branch
+    profile: str  # which input profile built them (box, mask, point, scribble)
 
 
 class InstanceDiffusionOptions(TorchModelOptions):
@@ -87,7 +97,7 @@ class InstanceDiffusionAdapter(UNetAdapter, L2IAdapter):
         vae, text_encoder, tokenizer, scheduler_config = _sd_parts(parts_from, dtype)
         spec = latent_spec_from(vae.config, unet.config, scheduler_config, family="sd1")
         # `unet` is already in `dtype` with its position net in float32; _setup only moves it.
-        self._setup(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
+        self.setup_models(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
                     scheduler_config=scheduler_config, latent_spec=spec, device=device, dtype=dtype)  # fmt: skip
         self.vae = place(vae, device, dtype)
 
@@ -132,17 +142,17 @@ class InstanceDiffusionAdapter(UNetAdapter, L2IAdapter):
         uncond = self.position_net(**null, positive_embeddings=torch.zeros_like(positive), profile=inputs.profile)
         return cond.to(self.dtype), uncond.to(self.dtype)
 
-    def _prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
+    def prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
         L2IAdapter.check_layout(self, request.layout)  # kinds and count; _inputs checks the rest
         inputs = self._inputs(request.layout, height=request.height, width=request.width, seed=request.seed)
         cond, uncond = self.grounding_tokens(inputs)
         b = request.batch_size
-        state.extra["instdiff"] = {"cond": cond.expand(b, -1, -1), "uncond": uncond.expand(b, -1, -1), "profile": inputs.profile}
+        state.add(InstanceTokens(cond=cond.expand(b, -1, -1), uncond=uncond.expand(b, -1, -1), profile=inputs.profile))
 
-    def _unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
+    def unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
         set_grounding(self.unet, step.index < int(self.options.grounding_fraction * step.num_steps))
-        tokens = state.extra["instdiff"]
-        return {"cross_attention_kwargs": {"gligen": {"objs": torch.cat([tokens[b] for b in branches])}}}
+        tokens = state.get(InstanceTokens)
+        return {"cross_attention_kwargs": {"gligen": {"objs": torch.cat([getattr(tokens, b) for b in branches])}}}
 
     # ---- standalone sampling (baselines) -----------------------------------------------------
     @torch.no_grad()

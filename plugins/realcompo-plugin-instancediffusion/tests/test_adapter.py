@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 import pytest
 import torch
-from realcompo_plugin_instancediffusion.adapter import InstanceDiffusionAdapter
+from realcompo_plugin_instancediffusion.adapter import InstanceDiffusionAdapter, InstanceTokens
 from realcompo_plugin_instancediffusion.testing import save_tiny_instdiff_folder
 from realcompo_plugin_sd.adapter import StableDiffusionAdapter
 
@@ -72,7 +72,7 @@ def cond_noise(adapter, layout: Layout, step: int = 0, seed: int = 0) -> torch.T
 def test_every_input_kind_selects_its_profile_and_conditions_the_noise(adapter, kind) -> None:
     layout = Layout(prompt=PROMPT, objects=LAYOUTS[kind])
     state = adapter.prepare(request(adapter, layout))
-    assert state.extra["instdiff"]["profile"] == kind
+    assert state.get(InstanceTokens).profile == kind
     other = "point" if kind != "point" else "box"
     moved = Layout(prompt=PROMPT, objects=LAYOUTS[other])
     assert (cond_noise(adapter, layout) - cond_noise(adapter, moved)).abs().max() > 1e-5
@@ -126,7 +126,7 @@ def test_mixed_kinds_are_an_error_naming_the_object_unless_allowed(folders) -> N
     with pytest.raises(LayoutError, match=r"object 1 \('blue dog'\).*per_instance_modalities"):
         strict.check_layout(layout)  # before any model runs
     lenient = InstanceDiffusionAdapter(model=str(folders["id"]), per_instance_modalities=True)
-    assert lenient.prepare(request(lenient, layout)).extra["instdiff"]["profile"] == "mask"
+    assert lenient.prepare(request(lenient, layout)).get(InstanceTokens).profile == "mask"
 
 
 def test_more_than_30_objects_is_an_error(adapter) -> None:
@@ -145,9 +145,9 @@ def test_randomness_comes_from_the_request_seed_only(adapter) -> None:
     # A mask with fewer pixels than polygon points makes the input builder draw random pixels.
     small = Layout(prompt=PROMPT, objects=[LayoutObject(phrase="red cat", mask=rect_mask(3, 3, 8, 8))])
     np_state, py_state, torch_state = np.random.get_state(), random.getstate(), torch.get_rng_state()
-    a = adapter.prepare(request(adapter, small, seed=1)).extra["instdiff"]["cond"]
-    b = adapter.prepare(request(adapter, small, seed=1)).extra["instdiff"]["cond"]
-    c = adapter.prepare(request(adapter, small, seed=2)).extra["instdiff"]["cond"]
+    a = adapter.prepare(request(adapter, small, seed=1)).get(InstanceTokens).cond
+    b = adapter.prepare(request(adapter, small, seed=1)).get(InstanceTokens).cond
+    c = adapter.prepare(request(adapter, small, seed=2)).get(InstanceTokens).cond
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert np.array_equal(np.random.get_state()[1], np_state[1]) and random.getstate() == py_state
     assert torch.equal(torch.get_rng_state(), torch_state)

@@ -28,6 +28,6 @@ class StableDiffusionAdapter(UNetAdapter, T2IAdapter):
         parts = load_sd_components(opts.model, dtype, variant=opts.variant, single_file_config=opts.single_file_config)
         family = "sd2" if parts.text_encoder.config.hidden_size == 1024 else "sd1"
         spec = latent_spec_from(parts.vae.config, parts.unet.config, parts.scheduler_config, family=family)
-        self._setup(unet=parts.unet, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+        self.setup_models(unet=parts.unet, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
                     scheduler_config=parts.scheduler_config, latent_spec=spec, device=device, dtype=dtype)
         self.vae = place(parts.vae, device, dtype)

@@ -42,6 +42,13 @@ from realcompo_sdk.unet_adapter import (
 FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
 
 
+@dataclass(frozen=True)
+class SDXLTimeIds:
+    """SDXL's micro-conditioning (original size, crop, target size), (B, 6)."""
+
+    time_ids: torch.Tensor
+
+
 class SDXLOptions(TorchModelOptions):
     model: str = "stabilityai/stable-diffusion-xl-base-1.0"
     variant: str | None = None  # e.g. "fp16" for hub folders that ship fp16 files
@@ -147,7 +154,7 @@ class StableDiffusionXLAdapter(UNetAdapter, T2IAdapter):
         self.force_zeros_for_empty_prompt = (parts.force_zeros_for_empty_prompt if opts.force_zeros_for_empty_prompt is None
                                              else opts.force_zeros_for_empty_prompt)
         spec = latent_spec_from(vae.config, parts.unet.config, parts.scheduler_config, family="sdxl")
-        self._setup(unet=parts.unet, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+        self.setup_models(unet=parts.unet, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
                     scheduler_config=parts.scheduler_config, latent_spec=spec, device=device, dtype=dtype)
         self.text_encoder_2 = place(parts.text_encoder_2, device, dtype)
         self.tokenizer_2 = parts.tokenizer_2
@@ -190,15 +197,15 @@ class StableDiffusionXLAdapter(UNetAdapter, T2IAdapter):
             uncond, pooled_u = self.encode_text([request.negative_prompt] * b)
         h, w = request.height, request.width
         time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=self.dtype, device=self.device).expand(b, -1)
-        state = UNetState(cond=cond, uncond=uncond, pooled={"cond": pooled_c, "uncond": pooled_u},
-                          extra={"sdxl_time_ids": time_ids})
-        self._prepare_conditioning(request, state)
+        state = UNetState(cond=cond, uncond=uncond, pooled={"cond": pooled_c, "uncond": pooled_u})
+        state.add(SDXLTimeIds(time_ids))
+        self.prepare_conditioning(request, state)
         return state
 
-    def _unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
+    def unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
         return {"added_cond_kwargs": {
             "text_embeds": torch.cat([state.pooled[b] for b in branches]),
-            "time_ids": torch.cat([state.extra["sdxl_time_ids"]] * len(branches)),
+            "time_ids": torch.cat([state.get(SDXLTimeIds).time_ids] * len(branches)),
         }}
 
     # ---- decoding ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import tempfile
 import pytest
 import torch
 from realcompo_plugin_sd.adapter import StableDiffusionAdapter
-from realcompo_plugin_sd.sdxl import StableDiffusionXLAdapter
+from realcompo_plugin_sd.sdxl import SDXLTimeIds, StableDiffusionXLAdapter
 
 from realcompo_sdk import registry
 from realcompo_sdk.compose import check_compatible
@@ -108,8 +108,8 @@ def test_empty_negative_prompt_is_zeros_when_the_model_says_so(sdxl, sdxl_folder
 
 def test_time_ids_follow_the_requested_size(sdxl):
     state = sdxl.prepare(_request(size=48))
-    assert state.extra["sdxl_time_ids"].tolist() == [[48, 48, 0, 0, 48, 48]] * 2
-    kwargs = sdxl._unet_kwargs(state, ("uncond", "cond"), _step(sdxl))["added_cond_kwargs"]
+    assert state.get(SDXLTimeIds).time_ids.tolist() == [[48, 48, 0, 0, 48, 48]] * 2
+    kwargs = sdxl.unet_kwargs(state, ("uncond", "cond"), _step(sdxl))["added_cond_kwargs"]
     assert kwargs["time_ids"].shape == (4, 6) and kwargs["text_embeds"].shape == (4, PROJECTION_DIM)
 
 
