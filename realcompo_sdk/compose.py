@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from .balancer import BalanceOptions
 from .errors import IncompatibleAdaptersError, LayoutError, RealCompoError
-from .interfaces import DiffusionAdapter, GenerationRequest, L2IAdapter, LayoutPlanner, T2IAdapter
+from .interfaces import DiffusionAdapter, GenerationRequest, L2IAdapter, LatentSpec, LayoutPlanner, T2IAdapter
 from .layout import Layout, format_validation_error
 from .record import GenerationRecord, environment_versions
 from .settings import check_balance, check_sampling, check_warmup
@@ -50,22 +50,37 @@ def _preset_generation(t2i: Any) -> dict[str, Any]:
 _KIND_TITLES = {"t2i": "T2I adapter", "l2i": "L2I adapter"}
 
 
-def _check_ids(t2i: Any, t2i_options: dict[str, Any] | None, l2i: list[Any], l2i_options: list[Any],
-               planner: Any) -> None:
-    """Unknown ids and invalid adapter options fail before any model loads: lookups and the
-    adapters' `Options` models read no weights."""
+def _check_before_loading(t2i: Any, t2i_options: dict[str, Any] | None, l2i: list[Any], l2i_options: list[Any],
+                          planner: Any) -> None:
+    """Unknown ids, invalid adapter options and adapters from different latent spaces fail before
+    any model loads: lookups, the adapters' `Options` and `peek_latent_spec` read no weights."""
     from . import registry
 
+    peeked: list[tuple[str, str, LatentSpec] | None] = []  # (label, id, spec) per adapter, T2I first
     for kind, value, options in [("t2i", t2i, t2i_options), *(("l2i", v, o) for v, o in zip(l2i, l2i_options))]:
-        if isinstance(value, str):
-            reg = registry.lookup(kind, value)
-            options_model = getattr(reg.load_class(), "Options", None)
-            if options_model is not None:
-                try:
-                    options_model(**{**reg.options, **(options or {})})
-                except ValidationError as exc:
-                    what = f"options of {_KIND_TITLES[kind]} {value!r} (see `realcompo plugins` and its docs)"
-                    raise RealCompoError(format_validation_error(exc, what=what)) from None
+        if not isinstance(value, str):  # an instance: already loaded, its spec is known
+            known = getattr(value, "latent_spec", None)
+            peeked.append((_label(value), value.name, known) if isinstance(known, LatentSpec) else None)
+            continue
+        peeked.append(None)
+        reg = registry.lookup(kind, value)
+        cls = reg.load_class()
+        options_model = getattr(cls, "Options", None)
+        if options_model is None:
+            continue
+        try:
+            parsed = options_model(**{**reg.options, **(options or {})})
+        except ValidationError as exc:
+            what = f"options of {_KIND_TITLES[kind]} {value!r} (see `realcompo plugins` and its docs)"
+            raise RealCompoError(format_validation_error(exc, what=what)) from None
+        spec = cls.peek_latent_spec(parsed) if hasattr(cls, "peek_latent_spec") else None
+        if spec is not None:
+            peeked[-1] = (f"{_KIND_TITLES[kind]} {value!r}", value, spec)
+    if peeked[0] is not None:
+        for other in peeked[1:]:
+            mismatch = other and _spec_mismatch(*peeked[0], *other)
+            if mismatch:
+                raise IncompatibleAdaptersError(f"{mismatch} (read from the models' config files, before loading any weights)")
     if isinstance(planner, str):
         registry.lookup("planner", planner)
 
@@ -106,18 +121,10 @@ def _resolve_l2i(value: Any, options: dict[str, Any] | None, t2i: T2IAdapter) ->
 
 def check_compatible(t2i: DiffusionAdapter, l2is: list[DiffusionAdapter], height: int, width: int) -> None:
     """Raise `IncompatibleAdaptersError` naming both adapters and the differing field."""
-    a = t2i.latent_spec
     for other in l2is:
-        b = other.latent_spec
-        for name in ("channels", "vae_scale_factor", "scaling_factor", "prediction_type"):
-            va, vb = getattr(a, name), getattr(b, name)
-            same = abs(va - vb) <= 1e-6 * max(abs(va), 1.0) if isinstance(va, float) else va == vb
-            if not same:
-                raise IncompatibleAdaptersError(
-                    f"{_label(t2i)} and {_label(other)} live in different latent spaces: {name} is "
-                    f"{va!r} for {t2i.name!r} ({a.family}) but {vb!r} for {other.name!r} ({b.family}). "
-                    "Balance models of the same family (e.g. SD1.x with SD1.x-based L2I models)."
-                )
+        mismatch = _spec_mismatch(_label(t2i), t2i.name, t2i.latent_spec, _label(other), other.name, other.latent_spec)
+        if mismatch:
+            raise IncompatibleAdaptersError(mismatch)
     for adapter in [t2i, *l2is]:
         m = adapter.latent_spec.resolution_multiple
         if height % m or width % m:
@@ -125,6 +132,18 @@ def check_compatible(t2i: DiffusionAdapter, l2is: list[DiffusionAdapter], height
                 f"resolution {width}x{height} is not a multiple of {m} required by {_label(adapter)} "
                 f"(VAE factor x UNet downsampling); try {width // m * m or m}x{height // m * m or m}."
             )
+
+
+def _spec_mismatch(label_a: str, name_a: str, a: LatentSpec, label_b: str, name_b: str, b: LatentSpec) -> str | None:
+    """Why two adapters cannot be balanced (the first latent fact that differs), or None."""
+    for field_name in ("channels", "vae_scale_factor", "scaling_factor", "prediction_type"):
+        va, vb = getattr(a, field_name), getattr(b, field_name)
+        same = abs(va - vb) <= 1e-6 * max(abs(va), 1.0) if isinstance(va, float) else va == vb
+        if not same:
+            return (f"{label_a} and {label_b} live in different latent spaces: {field_name} is "
+                    f"{va!r} for {name_a!r} ({a.family}) but {vb!r} for {name_b!r} ({b.family}). "
+                    "Balance models of the same family (e.g. SD1.x with SD1.x-based L2I models).")
+    return None
 
 
 def _label(adapter: DiffusionAdapter) -> str:
@@ -175,7 +194,7 @@ class RealCompo:
         if not l2i_list:
             raise RealCompoError("RealCompo needs at least one L2I adapter")
         l2i_opts = l2i_options if isinstance(l2i_options, list) else [l2i_options] * len(l2i_list)
-        _check_ids(t2i, t2i_options, l2i_list, l2i_opts, planner)
+        _check_before_loading(t2i, t2i_options, l2i_list, l2i_opts, planner)
 
         self.t2i: T2IAdapter = _resolve("t2i", t2i, t2i_options, T2IAdapter)
         self.l2i: list[L2IAdapter] = [_resolve_l2i(v, o, self.t2i) for v, o in zip(l2i_list, l2i_opts)]

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .errors import RealCompoError
+from .interfaces import LatentSpec
 
 
 @dataclass
@@ -72,6 +73,38 @@ def check_model_reference(model: str) -> Path:
     elif not path.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
         raise RealCompoError(f"model {model!r} is neither an existing folder nor a hub id of the form 'owner/name'")
     return path
+
+
+def read_latent_spec(model: str | None) -> LatentSpec | None:
+    """The latent facts of a local diffusers folder, read from its config files (no weights);
+    None for a hub id, a single file or a folder this cannot read (the loader reports those)."""
+    from types import SimpleNamespace
+
+    from .unet_adapter import latent_spec_from
+
+    if model is None:
+        return None
+    try:
+        kind = folder_kind(model)
+    except RealCompoError:
+        return None
+    if kind in (None, "single-file"):
+        return None
+    path = Path(model).expanduser()
+    try:
+        unet = json.loads((path / "unet" / "config.json").read_text())
+        vae = json.loads((path / "vae" / "config.json").read_text())
+        scheduler = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        text_encoder = json.loads((path / "text_encoder" / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    family = "sdxl" if kind == "sdxl" else "sd2" if text_encoder.get("hidden_size") == 1024 else "sd1"
+    vae.setdefault("scaling_factor", 0.18215)  # diffusers' AutoencoderKL default
+    unet.setdefault("sample_size", 64)
+    try:
+        return latent_spec_from(SimpleNamespace(**vae), SimpleNamespace(**unet), scheduler, family=family)
+    except (AttributeError, TypeError, KeyError):
+        return None
 
 
 def low_memory_kwargs() -> dict[str, Any]:

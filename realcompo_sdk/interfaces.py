@@ -99,6 +99,14 @@ class DiffusionAdapter(ABC):
     def __init__(self, **options: Any) -> None:
         self.options = self.Options(**options)
 
+    @classmethod
+    def peek_latent_spec(cls, options: AdapterOptions) -> LatentSpec | None:
+        """The `latent_spec` these options would give, read from config files only (no weights),
+        or None when that cannot be known cheaply (the default). `RealCompo` compares the
+        adapters' peeked specs before loading any of them, so an incompatible pair fails in
+        seconds instead of after minutes of loading."""
+        return None
+
     @property
     @abstractmethod
     def latent_spec(self) -> LatentSpec:

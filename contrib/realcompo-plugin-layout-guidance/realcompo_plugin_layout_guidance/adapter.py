@@ -50,9 +50,9 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 from realcompo_sdk.balancer import region_masks
-from realcompo_sdk.diffusers_loading import expect_kind, load_sd_components
+from realcompo_sdk.diffusers_loading import expect_kind, load_sd_components, read_latent_spec
 from realcompo_sdk.errors import RealCompoError
-from realcompo_sdk.interfaces import Branch, GenerationRequest, L2IAdapter, NoisePrediction, StepInfo
+from realcompo_sdk.interfaces import Branch, GenerationRequest, L2IAdapter, LatentSpec, NoisePrediction, StepInfo
 from realcompo_sdk.layout import RegionKind
 from realcompo_sdk.unet_adapter import TorchModelOptions, UNetAdapter, UNetState, latent_spec_from, resolve_device_dtype
 
@@ -87,6 +87,10 @@ class LayoutGuidanceAdapter(UNetAdapter, L2IAdapter):
         loss_threshold: float = Field(0.2, ge=0.0, description="a sample's iterations stop once its energy is at most this (paper: 0.2)")
         attention_resolution: int | None = Field(
             None, gt=0, description="height of the cross-attention maps in the energy; None: latent height / 4 (16 for SD at 512 px)")
+
+    @classmethod
+    def peek_latent_spec(cls, options: Options) -> LatentSpec | None:
+        return read_latent_spec(options.model)
 
     def __init__(self, **options: object) -> None:
         super().__init__(**options)
@@ -195,5 +199,7 @@ class LayoutGuidanceAdapter(UNetAdapter, L2IAdapter):
         pred.cond = pred.cond + shift
         if pred.guided is not None:  # CFG weights sum to one: the guided noise gets the same shift
             pred.guided = pred.guided + shift
+        if pred.uncond is not None:  # so `guided` stays CFG of the branches returned
+            pred.uncond = pred.uncond + shift
         pred.extras["layout_energy"] = [e.cpu() for e in energies]
         return pred

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from realcompo_sdk.diffusers_loading import describe_folder, folder_kind, low_memory_kwargs
+from realcompo_sdk.diffusers_loading import describe_folder, folder_kind, low_memory_kwargs, read_latent_spec
 from realcompo_sdk.errors import LayoutError, RealCompoError
-from realcompo_sdk.interfaces import Branch, GenerationRequest, L2IAdapter, StepInfo, T2IAdapter
+from realcompo_sdk.interfaces import Branch, GenerationRequest, L2IAdapter, LatentSpec, StepInfo, T2IAdapter
 from realcompo_sdk.layout import Layout, RegionKind
 from realcompo_sdk.unet_adapter import TorchModelOptions, UNetAdapter, UNetState, place
 
@@ -124,6 +124,11 @@ class ControlNetAdapter(UNetAdapter, L2IAdapter):
 
     Options = ControlNetOptions
     options: ControlNetOptions
+
+    @classmethod
+    def peek_latent_spec(cls, options: ControlNetOptions) -> LatentSpec | None:
+        # the latents are the base model's; with no base it shares the T2I's (checked when it loads)
+        return read_latent_spec(options.base)
 
     def __init__(self, *, share_with: T2IAdapter | None = None, **options: Any) -> None:
         super().__init__(**options)

@@ -214,3 +214,43 @@ def test_controlnet_by_id_with_another_base_loads_its_own(folders, tmp_path):
                    t2i_options={"model": str(folders["sd"])},
                    l2i_options={"controlnet": str(folders["cn-sd"]), "base": str(other)})
     assert rc.l2i[0].unet is not rc.t2i.unet and not rc.l2i[0].shared
+
+
+# ---- compositions refused from config files, before any weights load ------------------------
+def _no_weights_may_load(monkeypatch):
+    from diffusers.models.modeling_utils import ModelMixin
+    from transformers import PreTrainedModel
+
+    def boom(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(ModelMixin, "from_pretrained", classmethod(boom))
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(boom))
+
+
+@pytest.mark.parametrize(("l2i", "options"), [
+    ("gligen", lambda f: {"model": str(f["gligen"])}),
+    ("controlnet-openpose", lambda f: {"controlnet": str(f["cn-sd"]), "base": str(f["sd"])}),
+])
+def test_sdxl_with_sd_based_l2i_by_id_fails_before_any_weights_load(folders, monkeypatch, l2i, options):
+    _no_weights_may_load(monkeypatch)
+    with pytest.raises(IncompatibleAdaptersError, match=rf"T2I adapter 'sdxl' and L2I adapter '{l2i}'.*"
+                       r"scaling_factor is 0\.13025.*\(sdxl\).*0\.18215.*\(sd1\).*before loading any weights"):
+        RealCompo(t2i="sdxl", t2i_options={"model": str(folders["sdxl"])}, l2i=l2i, l2i_options=options(folders),
+                  planner=None)
+
+
+def test_a_loaded_t2i_is_checked_against_l2i_configs_before_they_load(sd, folders, monkeypatch):
+    _no_weights_may_load(monkeypatch)
+    with pytest.raises(IncompatibleAdaptersError, match=r"T2I adapter 'sd' and L2I adapter 'controlnet-openpose'.*before loading"):
+        RealCompo(t2i=sd, l2i="controlnet-openpose", planner=None,
+                  l2i_options={"controlnet": str(folders["cn-sdxl"]), "base": str(folders["sdxl"])})
+
+
+def test_config_peek_agrees_with_the_loaded_adapters(sd, sdxl, folders):
+    gligen = GligenAdapter(model=str(folders["gligen"]))
+    pose = ControlNetOpenPoseAdapter(controlnet=str(folders["cn-sdxl"]), base=str(folders["sdxl"]))
+    for adapter in (sd, sdxl, gligen, pose):
+        assert type(adapter).peek_latent_spec(adapter.options) == adapter.latent_spec, adapter.name
+    shared = ControlNetSegAdapter.sharing(sd, controlnet=str(folders["cn-sd"]))
+    assert type(shared).peek_latent_spec(shared.options) is None  # the T2I's latents: known only once it loads

@@ -14,9 +14,9 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
-from realcompo_sdk.diffusers_loading import expect_kind, load_sd_components
+from realcompo_sdk.diffusers_loading import expect_kind, load_sd_components, read_latent_spec
 from realcompo_sdk.errors import RealCompoError
-from realcompo_sdk.interfaces import Branch, GenerationRequest, L2IAdapter, StepInfo
+from realcompo_sdk.interfaces import Branch, GenerationRequest, L2IAdapter, LatentSpec, StepInfo
 from realcompo_sdk.layout import Layout, LayoutObject, RegionKind
 from realcompo_sdk.unet_adapter import TorchModelOptions, UNetAdapter, UNetState, latent_spec_from, resolve_device_dtype
 
@@ -46,6 +46,10 @@ class GligenAdapter(UNetAdapter, L2IAdapter):
     Options = GligenOptions
     accepted_kinds: ClassVar[frozenset[RegionKind]] = frozenset({"box"})
     max_objects: ClassVar[int | None] = MAX_OBJECTS
+
+    @classmethod
+    def peek_latent_spec(cls, options: GligenOptions) -> LatentSpec | None:
+        return read_latent_spec(options.model)
 
     def __init__(self, **options: object) -> None:
         super().__init__(**options)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from realcompo_sdk.diffusers_loading import expect_kind, load_sd_components
-from realcompo_sdk.interfaces import T2IAdapter
+from realcompo_sdk.diffusers_loading import expect_kind, load_sd_components, read_latent_spec
+from realcompo_sdk.interfaces import LatentSpec, T2IAdapter
 from realcompo_sdk.unet_adapter import TorchModelOptions, UNetAdapter, latent_spec_from, place, resolve_device_dtype
 
 
@@ -18,6 +18,10 @@ class StableDiffusionAdapter(UNetAdapter, T2IAdapter):
 
     id = "sd"
     Options = SDOptions
+
+    @classmethod
+    def peek_latent_spec(cls, options: SDOptions) -> LatentSpec | None:
+        return read_latent_spec(options.model)
 
     def __init__(self, **options: object) -> None:
         super().__init__(**options)

@@ -26,9 +26,15 @@ from typing import Any
 
 import torch
 
-from realcompo_sdk.diffusers_loading import check_model_reference, describe_folder, expect_kind, low_memory_kwargs
+from realcompo_sdk.diffusers_loading import (
+    check_model_reference,
+    describe_folder,
+    expect_kind,
+    low_memory_kwargs,
+    read_latent_spec,
+)
 from realcompo_sdk.errors import RealCompoError
-from realcompo_sdk.interfaces import Branch, GenerationRequest, StepInfo, T2IAdapter
+from realcompo_sdk.interfaces import Branch, GenerationRequest, LatentSpec, StepInfo, T2IAdapter
 from realcompo_sdk.tokens import align_phrases, warn_if_truncated
 from realcompo_sdk.unet_adapter import (
     TorchModelOptions,
@@ -119,6 +125,10 @@ class StableDiffusionXLAdapter(UNetAdapter, T2IAdapter):
 
     id = "sdxl"
     Options = SDXLOptions
+
+    @classmethod
+    def peek_latent_spec(cls, options: SDXLOptions) -> LatentSpec | None:
+        return None if options.vae is not None else read_latent_spec(options.model)  # another VAE: other facts
 
     text_encoder_2: Any
     tokenizer_2: Any
