@@ -11,6 +11,9 @@ indices. Rules:
   last one is shared;
 - a phrase not literally in the prompt falls back to its head noun (last word, singular/plural
   variants), then to its other words from the end (never to articles, numerals or prepositions);
+- a phrase in a script written without spaces (Chinese, Japanese, Thai...) is also looked for
+  inside the prompt's words: byte-level BPE tokenizes "猫" alone differently from the "猫" inside
+  "一只猫和一只狗", so its positions are the tokens whose bytes cover the phrase's bytes;
 - otherwise a `TokenAlignmentError` explains the problem, unless `append_missing` is set, in
   which case the phrase is appended to the prompt (", phrase") and located there.
 """
@@ -96,16 +99,68 @@ def _locate(tokenizer: Tokenizer, prompt_ids: list[int], phrase: str, taken: set
     for word in reversed(words):  # head noun first, then the other words from the end
         if word not in _FUNCTION_WORDS:  # "a dog" must not be found at the "a" of "a cat"
             candidates += _variants(word)
-    for candidate in candidates:
+    # Non-ASCII phrases by bytes first: "猫" tokenizes alone as the word-final form, so matching
+    # token ids would find only a "猫" that ends a word.
+    spans = [] if phrase.isascii() else _byte_spans(tokenizer, prompt_ids, phrase)
+    for candidate in candidates if not spans else []:
         needle = _ids(tokenizer, candidate, special=False)
-        hits = _find_all(prompt_ids, needle)
-        if hits:
-            free = [h for h in hits if taken.isdisjoint(range(h, h + len(needle)))]
-            start = free[0] if free else hits[-1]  # no free occurrence left: share the last one
-            span = list(range(start, start + len(needle)))
-            taken.update(span)
-            return span
-    return None
+        spans = [list(range(h, h + len(needle))) for h in _find_all(prompt_ids, needle)]
+        if spans:
+            break
+    if not spans:
+        return None
+    free = [span for span in spans if taken.isdisjoint(span)]
+    span = free[0] if free else spans[-1]  # no free occurrence left: share the last one
+    taken.update(span)
+    return span
+
+
+def _byte_spans(tokenizer: Tokenizer, prompt_ids: list[int], phrase: str) -> list[list[int]]:
+    """Token spans covering each occurrence of the phrase's UTF-8 bytes in the prompt's tokens,
+    for byte-level BPE tokenizers (CLIP's); [] for other tokenizers."""
+    pieces = _token_bytes(tokenizer, prompt_ids)
+    if pieces is None:
+        return []
+    text = b"".join(pieces)
+    needle = "".join(phrase.lower().split()).encode()  # CLIP drops spaces and lower-cases
+    ends = [sum(len(p) for p in pieces[: i + 1]) for i in range(len(pieces))]
+    spans, start = [], text.find(needle)
+    while needle and start >= 0:
+        stop = start + len(needle)
+        spans.append([i for i, end in enumerate(ends) if end - len(pieces[i]) < stop and end > start and pieces[i]])
+        start = text.find(needle, start + 1)
+    return spans
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Byte-level BPE writes each byte as one printable character: printable Latin-1 bytes as
+    themselves, the others as chr(256 + n) in byte order. This inverts that map."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
+_BYTE_DECODER = _byte_decoder()
+
+
+def _token_bytes(tokenizer: Any, ids: list[int]) -> list[bytes] | None:
+    """The UTF-8 bytes each token stands for (special tokens: none), or None when the tokenizer
+    is not byte-level BPE."""
+    convert = getattr(tokenizer, "convert_ids_to_tokens", None)
+    if convert is None:
+        return None
+    decoder = _BYTE_DECODER
+    special = set(getattr(tokenizer, "all_special_ids", ()))
+    pieces = []
+    for token_id, token in zip(ids, convert(ids)):
+        if token_id in special:
+            pieces.append(b"")
+            continue
+        try:
+            pieces.append(bytes(decoder[c] for c in token.removesuffix("</w>")))
+        except KeyError:
+            return None
+    return pieces
 
 
 def warn_if_truncated(tokenizer: Any, texts: list[str], who: str) -> None:

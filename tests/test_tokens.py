@@ -157,3 +157,27 @@ def test_different_phrases_do_not_claim_the_same_occurrence():
 
     _, positions = align_phrases(tiny_tokenizer(), "a corgi and a corgi", ["a corgi", "corgi"])
     assert positions == [[1, 2], [5]]
+
+
+@pytest.mark.parametrize(("prompt", "phrases"), [
+    ("一只猫和一只狗", ["猫", "狗"]),  # Chinese: no spaces, the phrase sits inside one BPE word
+    ("赤い猫と青い犬", ["赤い猫", "犬"]),  # Japanese, a multi-character phrase
+    ("고양이와 강아지", ["고양이", "강아지"]),  # Korean: a word with its particle attached
+])
+def test_phrases_of_scripts_without_spaces_are_found_inside_words(tokenizer: Any, prompt: str, phrases: list[str]) -> None:
+    _, positions = align_phrases(tokenizer, prompt, phrases)
+    for phrase, span in zip(phrases, positions):
+        covered = tokens_at(tokenizer, prompt, span)
+        assert phrase in covered and len(covered) <= len(phrase) + 2, (phrase, covered)
+    assert positions[0] != positions[1]
+
+
+def test_a_repeated_cjk_phrase_takes_each_occurrence_in_turn(tokenizer: Any) -> None:
+    _, positions = align_phrases(tokenizer, "一只猫和一只猫", ["猫", "猫"])
+    assert positions[0] != positions[1] and max(positions[0]) < min(positions[1])
+    assert all(tokens_at(tokenizer, "一只猫和一只猫", span).endswith("猫") for span in positions)
+
+
+def test_a_cjk_phrase_not_in_the_prompt_is_still_an_error(tokenizer: Any) -> None:
+    with pytest.raises(TokenAlignmentError, match="'鸟'"):
+        align_phrases(tokenizer, "一只猫和一只狗", ["鸟"])
