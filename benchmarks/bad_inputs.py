@@ -39,6 +39,7 @@ def cases(tmp: Path) -> dict[str, list[str]]:
     }
     for name, text in layouts.items():
         (tmp / f"{name}.json").write_text(text)
+    models = _tiny_model_folders(tmp)
     out = str(tmp / "o.png")
     table = {
         # numbers
@@ -65,11 +66,26 @@ def cases(tmp: Path) -> dict[str, list[str]]:
         "--t2i unknown": ["--t2i", "sd15"], "--l2i unknown": ["--l2i", "glign"], "--t2i is an L2I id": ["--t2i", "shapes-controlnet"],
         "--planner unknown": ["--planner", "gpt4"], "--t2i-option unknown": ["--t2i-option", "colour=red"],
         "--l2i-option bad value": ["--l2i-option", "conditioning_scale=strong"],
+        # models that cannot be balanced together (tiny folders built from configs)
+        "sdxl + gligen (sd1)": ["--t2i", "sdxl", "--t2i-option", f"model={models['sdxl']}", "--l2i", "gligen",
+                                "--l2i-option", f"model={models['gligen']}"],
+        "sdxl + sd1 controlnet": ["--t2i", "sdxl", "--t2i-option", f"model={models['sdxl']}", "--l2i", "controlnet-seg",
+                                  "--l2i-option", f"controlnet={models['controlnet']}", "--l2i-option", f"base={models['sd']}"],
         # prompts and planners
         "empty prompt": ["--prompt-override", ""], "prompt without objects": ["--prompt-override", "hello there"],
         "gpt without a key": ["--planner", "gpt"], "claude without a key": ["--planner", "claude"],
     }
     return {name: _command(flags, out) for name, flags in table.items()}
+
+
+def _tiny_model_folders(tmp: Path) -> dict[str, Path]:
+    from realcompo_sdk.testing.folders import save_tiny_sd_folder
+    from realcompo_sdk.testing.folders_xl import save_tiny_controlnet_folder, save_tiny_sdxl_folder
+
+    sd = save_tiny_sd_folder(tmp / "tiny-sd")
+    return {"sd": sd, "sdxl": save_tiny_sdxl_folder(tmp / "tiny-sdxl"),
+            "gligen": save_tiny_sd_folder(tmp / "tiny-gligen", gligen=True),
+            "controlnet": save_tiny_controlnet_folder(tmp / "tiny-controlnet", base=sd)}
 
 
 def _command(flags: list[str], out: str) -> list[str]:

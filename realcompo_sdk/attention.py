@@ -22,7 +22,8 @@ class CrossAttentionCapture:
     """Context manager: install capturing processors on `layers` (name → Attention module).
 
     `token_groups[b][j]` are the token positions of object j in sample b. After a forward,
-    `maps()` returns (B, J, N) float32: the mean over layers of each object's mean-token map.
+    `maps()` returns (B, J, N) in float32 (float64 for a float64 model): the mean over layers of
+    each object's mean-token map.
     With `stop_after_last`, the forward raises `StopForward` once the last layer (in `layers`
     order, which must be execution order) has run.
     """
@@ -67,7 +68,7 @@ class CrossAttentionCapture:
             probs = probs[self.keep_batch]
         per_sample = []
         for b, groups in enumerate(self.token_groups):
-            objs = [probs[b, :, list(tokens)].float().mean(dim=-1) for tokens in groups]
+            objs = [upcast_half(probs[b, :, list(tokens)]).mean(dim=-1) for tokens in groups]
             per_sample.append(torch.stack(objs, dim=0))  # (J, N)
         layer_maps = torch.stack(per_sample, dim=0)  # (B, J, N)
         self._sum = layer_maps if self._sum is None else self._sum + layer_maps
@@ -77,6 +78,11 @@ class CrossAttentionCapture:
         if self._sum is None:
             raise RuntimeError("no cross-attention layer ran inside the capture context")
         return self._sum / self._count
+
+
+def upcast_half(tensor: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16/float32 → float32; float64 stays float64 (a float64 run stays exact)."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
 
 
 def _raise_stop(module: Any, inputs: Any, output: Any) -> None:

@@ -76,7 +76,8 @@ class StepInfo:
 class NoisePrediction:
     """One model output for a batch: guided (CFG) noise and/or the conditional branch alone.
 
-    Tensors are float32, shape (B, C, h, w). `guided` is None when only `cond` was asked for;
+    Tensors are float32 (float64 when the model runs in float64), shape (B, C, h, w). `guided`
+    is None when only `cond` was asked for;
     `uncond` is the unconditional branch when both branches ran (adapters may leave it None).
     """
 

@@ -49,8 +49,8 @@ def ddim_lookahead(scheduler: Any, noise: torch.Tensor, timestep: Any, latents: 
         )
     t = int(timestep)
     prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-    a_t = alphas[t].to(latents.device, torch.float32)
-    a_prev = alphas[prev].to(latents.device, torch.float32) if prev >= 0 else torch.tensor(1.0, device=latents.device)
+    a_t = alphas[t].to(latents.device, latents.dtype)
+    a_prev = alphas[prev].to(latents.device, latents.dtype) if prev >= 0 else torch.tensor(1.0, device=latents.device, dtype=latents.dtype)
     prediction = scheduler.config.prediction_type
     if prediction == "epsilon":
         eps = noise

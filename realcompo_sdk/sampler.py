@@ -9,7 +9,7 @@ Per step, each pass runs only if its result can change the output:
   its last captured layer), one backward;
 - the real scheduler step with the updated weights, reusing the noise computed above.
 `realcompo_sdk.testing.reference` holds the same algorithm in the official pass structure; the
-two agree to float32 precision (tests/test_parity.py).
+two agree to float32 precision, and to float64 precision in a float64 run (tests/test_sampler.py).
 """
 
 from __future__ import annotations
@@ -50,14 +50,22 @@ class SampleOutput:
     passes: dict[str, int] = field(default_factory=dict)  # what ran, for the record and tests
 
 
+def working_dtype(adapters: list[DiffusionAdapter]) -> torch.dtype:
+    """The sampler's precision: float64 when every adapter runs in float64 (exact parity checks),
+    else float32 (the adapters' noise is float32 whatever their own dtype)."""
+    return torch.float64 if all(getattr(a, "dtype", None) == torch.float64 for a in adapters) else torch.float32
+
+
 def initial_latents(problem: BalancedProblem) -> torch.Tensor:
-    """Per-sample noise from per-sample generators, so sample b depends on its own seed only."""
+    """Per-sample noise from per-sample generators, so sample b depends on its own seed only.
+    Always drawn in float32, so a float64 run starts from the same numbers as a float32 one."""
     adapter = problem.adapters[0]
     spec = adapter.latent_spec
     req = problem.request
     shape = (spec.channels, req.height // spec.vae_scale_factor, req.width // spec.vae_scale_factor)
     noise = [torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in problem.generators]
-    return torch.stack(noise).to(adapter.device) * problem.scheduler.init_noise_sigma
+    latents = torch.stack(noise).to(adapter.device, working_dtype(problem.adapters))
+    return latents * problem.scheduler.init_noise_sigma
 
 
 def attention_resolution(problem: BalancedProblem, latent_h: int) -> int:
@@ -73,7 +81,7 @@ def balanced_sample(problem: BalancedProblem, *, record_influence: bool = False,
     sched.set_timesteps(n, device=latents.device)
     n = len(sched.timesteps)  # PNDM's PRK warm-up adds timesteps
     batch, _, lh, lw = latents.shape
-    logits = initial_logits(len(adapters), (batch, lh, lw), opts.init, problem.generators, latents.device)
+    logits = initial_logits(len(adapters), (batch, lh, lw), opts.init, problem.generators, latents.device).to(latents.dtype)
     resolution = attention_resolution(problem, lh)
     regions = region_masks(problem.request.layout, resolution, lw * resolution // lh, latents.device)
     eta = opts.step_sizes(n)

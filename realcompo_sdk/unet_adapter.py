@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
-from .attention import CrossAttentionCapture, StopForward
+from .attention import CrossAttentionCapture, StopForward, upcast_half
 from .errors import NonFiniteNoiseError, RealCompoError
 from .interfaces import (
     AdapterOptions,
@@ -56,7 +56,8 @@ class TorchModelOptions(AdapterOptions):
     """Options every torch-backed adapter shares."""
 
     device: str = "auto"  # "auto": cuda when available, else cpu
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on cuda
+    # auto: fp16 on cuda, else float32; float64 is for checking numbers bit for bit, not for speed
+    dtype: Literal["auto", "float32", "float16", "bfloat16", "float64"] = "auto"
     check_finite: bool = True  # raise on NaN/inf noise (costs one device sync per call)
 
 
@@ -263,7 +264,7 @@ class UNetAdapter(DiffusionAdapter):
     @torch.no_grad()
     def predict_noise(self, latents: torch.Tensor, step: StepInfo, state: UNetState, *, guidance_scale: float,
                       branches: tuple[Branch, ...] = ("uncond", "cond")) -> NoisePrediction:
-        out = self.run_unet(latents, step, state, branches).float()
+        out = upcast_half(self.run_unet(latents, step, state, branches))
         if self.options.check_finite and not bool(torch.isfinite(out).all()):
             raise NonFiniteNoiseError(self._non_finite_reason(latents, step))
         parts = dict(zip(branches, out.chunk(len(branches))))

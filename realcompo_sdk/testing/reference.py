@@ -30,7 +30,8 @@ def reference_sample(problem: BalancedProblem) -> torch.Tensor:
     sched.set_timesteps(n, device=latents.device)
     n = len(sched.timesteps)  # PNDM's PRK warm-up adds timesteps
     batch, _, lh, lw = latents.shape
-    logits = list(initial_logits(len(adapters), (batch, lh, lw), opts.init, problem.generators, latents.device).unbind(0))
+    logits = list(initial_logits(len(adapters), (batch, lh, lw), opts.init, problem.generators, latents.device)
+                  .to(latents.dtype).unbind(0))
     resolution = attention_resolution(problem, lh)
     regions = region_masks(problem.request.layout, resolution, lw * resolution // lh, latents.device)
     eta = opts.step_sizes(n)
