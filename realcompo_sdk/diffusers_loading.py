@@ -108,8 +108,9 @@ def read_latent_spec(model: str | None) -> LatentSpec | None:
 
 
 def low_memory_kwargs() -> dict[str, Any]:
-    """Keyword arguments for a diffusers `from_pretrained`: without `accelerate`, ask for the plain
-    load that diffusers falls back to anyway, so it does not print a multi-line warning per model."""
+    """Keyword arguments for a diffusers `from_pretrained`. `accelerate` is a dependency (low-memory
+    loading); where it was removed, ask for the plain load that diffusers falls back to anyway, so
+    it does not print a multi-line warning per model."""
     import importlib.util
 
     return {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
