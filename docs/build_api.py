@@ -23,7 +23,7 @@ OUT = Path(__file__).with_name("api.md")
 # (section title, introduction, [(module, [names])]) in reading order
 SECTIONS: list[tuple[str, str, list[tuple[str, list[str]]]]] = [
     ("Generating", "The Python API: one object to plan, balance and decode.", [
-        ("realcompo_sdk.compose", ["RealCompo", "GenerationResult"]),
+        ("realcompo_sdk.compose", ["RealCompo", "GenerationResult", "BatchItem"]),
         ("realcompo_sdk.balancer", ["BalanceOptions"]),
         ("realcompo_sdk.settings", ["SamplingSettings"]),
         ("realcompo_sdk.record", ["GenerationRecord"]),

@@ -96,12 +96,30 @@ def region_masks(layout: Layout, height: int, width: int, device: torch.device) 
     return torch.stack(regions).to(device)
 
 
-def region_loss(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Σ_b Σ_j (1 − mass of map j inside region j / total mass of map j).  maps: (B, J, h, w)."""
-    inside = (maps * regions[None]).sum(dim=(-2, -1))
+def batch_regions(layouts: list[Layout], height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample regions of a batch whose samples may have different layouts: (B, J, h, w) masks
+    padded to the largest object count J, and (B, J) booleans saying which objects are real."""
+    per_sample = [region_masks(layout, height, width, device) for layout in layouts]
+    most = max(r.shape[0] for r in per_sample)
+    regions = torch.zeros(len(layouts), most, height, width, device=device)
+    valid = torch.zeros(len(layouts), most, dtype=torch.bool, device=device)
+    for b, r in enumerate(per_sample):
+        regions[b, : r.shape[0]] = r
+        valid[b, : r.shape[0]] = True
+    return regions, valid
+
+
+def region_loss(maps: torch.Tensor, regions: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_b Σ_j (1 − mass of map j inside region j / total mass of map j).  maps: (B, J, h, w);
+    regions (J, h, w) shared by the batch or (B, J, h, w) per sample; `valid` (B, J) drops the
+    padding objects of a mixed batch (their terms are constants, so they add no gradient)."""
+    inside = (maps * (regions if regions.dim() == 4 else regions[None])).sum(dim=(-2, -1))
     total = maps.sum(dim=(-2, -1))
     # A map that underflowed to all zeros (low precision) says nothing: its term is a constant 1
     # with no gradient, instead of 0/0 = NaN poisoning every influence map.
     safe = total.clamp_min(torch.finfo(total.dtype).tiny)
     share = torch.where(total > 0, inside / safe, torch.zeros_like(total))
-    return (1.0 - share).sum()
+    terms = 1.0 - share
+    if valid is not None:
+        terms = torch.where(valid, terms, torch.zeros_like(terms))
+    return terms.sum()

@@ -11,7 +11,7 @@ Compatibility of the adapters is checked before any model runs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from .errors import IncompatibleAdaptersError, LayoutError, RealCompoError
 from .interfaces import DiffusionAdapter, GenerationRequest, L2IAdapter, LatentSpec, LayoutPlanner, T2IAdapter
 from .layout import Layout, format_validation_error
 from .record import GenerationRecord, environment_versions
-from .settings import check_balance, check_sampling, check_warmup
+from .settings import SamplingSettings, check_balance, check_sampling, check_warmup
 
 DEFAULT_T2I, DEFAULT_L2I, DEFAULT_PLANNER = "shapes-sd", "shapes-controlnet", "rules"
 
@@ -244,51 +244,118 @@ class RealCompo:
         take the constructor's. `progress` is True for a progress bar, or a callback
         ``(step, total)``; `record_influence` keeps the influence maps of every step in the result.
         """
-        import torch
-
-        from .sampler import BalancedProblem, balanced_sample, plain_sample
-
         started = time.perf_counter()
         settings = check_sampling(seed=seed, batch_size=batch_size, negative_prompt=negative_prompt, height=height,
                                   width=width, num_steps=num_steps, guidance_scale=guidance_scale, mode=mode)  # fmt: skip
-        steps = self.num_steps if settings.num_steps is None else settings.num_steps
-        balance = self._balance_for(steps)
-        check_warmup(balance, steps, mode)
         if layout is None:
             if prompt is None:
                 raise RealCompoError("give a prompt, a layout, or both")
             layout = self.plan(prompt)
         prompt = prompt or layout.prompt
-        dh, dw = self.t2i.latent_spec.default_resolution
-        height, width = height or dh, width or dw
-        check_compatible(self.t2i, self.l2i, height, width)
-        for adapter in self.l2i:
-            adapter.check_layout(layout)
+        run = self._run([prompt] * batch_size, [layout] * batch_size, [seed + b for b in range(batch_size)],
+                        settings, mixed=False, record_influence=record_influence, progress=progress)
+        record = self._record(run, 0, seeds=run.seeds, positions=run.positions[0], started=started)
+        return GenerationResult(images=run.images, record=record, influence=run.influence, latents=run.latents)
 
-        # token positions in each adapter's own tokenization; the prompt may gain appended phrases
-        phrases = [o.phrase for o in layout.objects]
-        if self.append_missing_phrases:  # extend the prompt once, then align every adapter on it
-            for adapter in self.adapters:
-                prompt, _ = adapter.phrase_token_positions(prompt, phrases, append_missing=True)
-        aligned = [a.phrase_token_positions(prompt, phrases)[1] for a in self.adapters]
+    def generate_batch(
+        self,
+        items: Sequence[BatchItem],
+        *,
+        negative_prompt: str = "",
+        height: int | None = None,
+        width: int | None = None,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        mode: str = "balanced",
+        progress: bool | Callable[[int, int], None] = False,
+    ) -> list[GenerationResult]:
+        """One image per item, items with different prompts, layouts and seeds sharing each batched
+        forward; one result (one image, its own record) per item, in order.
+
+        When an adapter does not declare `mixed_batches`, items are run in groups that share
+        prompt and layout instead (same images up to float rounding, fewer shared forwards).
+        Image b equals ``rc(layout=..., seed=...)`` up to float32 rounding of the batched kernels.
+        """
+        started = time.perf_counter()
+        if not items:
+            return []
+        settings = check_sampling(seed=min(i.seed for i in items), batch_size=len(items), negative_prompt=negative_prompt,
+                                  height=height, width=width, num_steps=num_steps, guidance_scale=guidance_scale, mode=mode)
+        for item in items:
+            check_sampling(seed=item.seed)
+        layouts = [item.layout if item.layout is not None else self.plan(item.prompt or "") for item in items]
+        prompts = [item.prompt or layout.prompt for item, layout in zip(items, layouts)]
+        seeds = [item.seed for item in items]
+        if all(a.mixed_batches for a in self.adapters):
+            groups = [list(range(len(items)))]
+        else:  # adapters that read one layout per request: one run per distinct prompt and layout
+            by_key: dict[tuple[str, str], list[int]] = {}
+            for i, (p, lay) in enumerate(zip(prompts, layouts)):
+                by_key.setdefault((p, lay.model_dump_json()), []).append(i)
+            groups = list(by_key.values())
+        results: list[GenerationResult | None] = [None] * len(items)
+        for group in groups:
+            run = self._run([prompts[i] for i in group], [layouts[i] for i in group], [seeds[i] for i in group],
+                            settings, mixed=len(groups) == 1, record_influence=False, progress=progress)
+            for b, i in enumerate(group):
+                record = self._record(run, b, seeds=[seeds[i]], positions=run.positions[b], started=started)
+                record.batch = {"index": b, "seeds": run.seeds}
+                results[i] = GenerationResult(images=[run.images[b]], record=record, latents=run.latents[b : b + 1])
+        return [r for r in results if r is not None]
+
+    def _run(self, prompts: list[str], layouts: list[Layout], seeds: list[int], settings: SamplingSettings, *,
+             mixed: bool, record_influence: bool, progress: bool | Callable[[int, int], None]) -> _Run:
+        """Sample one batch: sample b has prompts[b], layouts[b], seeds[b]."""
+        import torch
+
+        from .sampler import BalancedProblem, balanced_sample, plain_sample
+
+        mode = settings.mode
+        steps = self.num_steps if settings.num_steps is None else settings.num_steps
+        balance = self._balance_for(steps)
+        check_warmup(balance, steps, mode)
+        dh, dw = self.t2i.latent_spec.default_resolution
+        height, width = settings.height or dh, settings.width or dw
+        check_compatible(self.t2i, self.l2i, height, width)
+        for layout in {id(lay): lay for lay in layouts}.values():  # each layout object once
+            for adapter in self.l2i:
+                adapter.check_layout(layout)
+
+        # token positions in each adapter's own tokenization; a prompt may gain appended phrases
+        prompts, aligned = list(prompts), []  # aligned[k][b]: adapter k, sample b
+        for b, layout in enumerate(layouts):
+            phrases = [o.phrase for o in layout.objects]
+            if self.append_missing_phrases:  # extend the prompt once, then align every adapter on it
+                for adapter in self.adapters:
+                    prompts[b], _ = adapter.phrase_token_positions(prompts[b], phrases, append_missing=True)
+        cache: dict[tuple[int, str, tuple[str, ...]], list[list[int]]] = {}
+        for k, adapter in enumerate(self.adapters):
+            per_sample = []
+            for prompt, layout in zip(prompts, layouts):
+                key = (k, prompt, tuple(o.phrase for o in layout.objects))
+                if key not in cache:
+                    cache[key] = adapter.phrase_token_positions(prompt, list(key[2]))[1]
+                per_sample.append(cache[key])
+            aligned.append(per_sample)
         names = [a.name if [b.name for b in self.adapters].count(a.name) == 1 else f"{a.name}#{i}"
                  for i, a in enumerate(self.adapters)]
-        positions = dict(zip(names, aligned))
+        positions = [dict(zip(names, (aligned[k][b] for k in range(len(self.adapters))))) for b in range(len(prompts))]
+        most = max(len(lay.objects) for lay in layouts)  # pad token groups: the loss ignores padding objects
+        token_groups = [[groups + [[0]] * (most - len(groups)) for groups in per_adapter] for per_adapter in aligned]
 
-        request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, layout=layout,
-                                    batch_size=batch_size, height=height, width=width, num_steps=steps,
-                                    seed=seed)
+        batch = len(prompts)
+        request = GenerationRequest(
+            prompt=prompts[0], negative_prompt=settings.negative_prompt, layout=layouts[0], batch_size=batch,
+            height=height, width=width, num_steps=steps, seed=seeds[0],
+            prompts=tuple(prompts) if mixed else (), layouts=tuple(layouts) if mixed else (),
+            seeds=tuple(seeds) if seeds != [seeds[0] + b for b in range(batch)] else ())
         device = self.t2i.device
-        generators = [torch.Generator(device=device).manual_seed(seed + b) for b in range(batch_size)]
+        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         scheduler = self.t2i.make_scheduler(self.scheduler_name)
         states = [a.prepare(request) for a in self.adapters]
-        problem = BalancedProblem(
-            adapters=self.adapters, states=states,
-            token_groups=[[pos] * batch_size for pos in aligned],
-            request=request, scheduler=scheduler, generators=generators,
-            guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
-            options=balance,
-        )
+        guidance = self.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
+        problem = BalancedProblem(adapters=self.adapters, states=states, token_groups=token_groups, request=request,
+                                  scheduler=scheduler, generators=generators, guidance_scale=guidance, options=balance)
         callback = _progress_callback(progress, steps)
         influence: list[Any] = []
         passes: dict[str, int] = {}
@@ -298,18 +365,53 @@ class RealCompo:
         else:
             k = 0 if mode == "t2i" else 1
             latents = plain_sample(self.adapters[k], states[k], problem, callback=callback)
-        images = _to_pil(self.t2i.decode(latents))
-        record = GenerationRecord(
-            prompt=prompt, negative_prompt=negative_prompt, layout=layout, mode=mode,
-            seeds=[seed + b for b in range(batch_size)], height=height, width=width, num_steps=steps,
-            guidance_scale=problem.guidance_scale, scheduler=type(scheduler).__name__,
-            balance=balance.model_dump(mode="json"),
+        return _Run(images=_to_pil(self.t2i.decode(latents)), latents=latents, influence=influence, passes=passes,
+                    prompts=prompts, layouts=layouts, seeds=seeds, positions=positions, mode=mode, height=height,
+                    width=width, steps=steps, guidance=guidance, scheduler=type(scheduler).__name__, balance=balance,
+                    negative_prompt=settings.negative_prompt)
+
+    def _record(self, run: _Run, b: int, *, seeds: list[int], positions: dict[str, list[list[int]]],
+                started: float) -> GenerationRecord:
+        return GenerationRecord(
+            prompt=run.prompts[b], negative_prompt=run.negative_prompt, layout=run.layouts[b], mode=run.mode,
+            seeds=seeds, height=run.height, width=run.width, num_steps=run.steps, guidance_scale=run.guidance,
+            scheduler=run.scheduler, balance=run.balance.model_dump(mode="json"),
             adapters=[a.describe() for a in self.adapters],
             planner=self.planner.describe() if self.planner is not None else None,
-            token_positions=positions, passes=passes, versions=environment_versions(),
+            token_positions=positions, passes=run.passes, versions=environment_versions(),
             seconds=round(time.perf_counter() - started, 3),
         )
-        return GenerationResult(images=images, record=record, influence=influence, latents=latents)
+
+
+@dataclass
+class _Run:
+    """One sampled batch and what its records need."""
+
+    images: list[Any]
+    latents: Any
+    influence: list[Any]
+    passes: dict[str, int]
+    prompts: list[str]
+    layouts: list[Layout]
+    seeds: list[int]
+    positions: list[dict[str, list[list[int]]]]  # per sample: adapter name -> object positions
+    mode: str
+    height: int
+    width: int
+    steps: int
+    guidance: float
+    scheduler: str
+    balance: BalanceOptions
+    negative_prompt: str
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One image of `RealCompo.generate_batch`: a layout (or a prompt for the planner) and a seed."""
+
+    seed: int
+    layout: Layout | None = None
+    prompt: str | None = None  # default: the layout's prompt
 
 
 def _progress_callback(progress: bool | Callable[[int, int], None], total: int) -> Callable[[int], None] | None:
@@ -336,4 +438,4 @@ def _to_pil(images: Any) -> list[Any]:
     return [Image.fromarray(a) for a in arrays]
 
 
-__all__ = ["GenerationResult", "LayoutError", "RealCompo", "check_compatible"]
+__all__ = ["BatchItem", "GenerationResult", "LayoutError", "RealCompo", "check_compatible"]

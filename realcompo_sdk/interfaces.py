@@ -61,6 +61,34 @@ class GenerationRequest:
     # Seed of the request (sample b of a batch uses seed + b): adapters that need randomness to
     # build their conditioning draw it from this, never from the global RNG.
     seed: int = 0
+    # A mixed batch: one prompt, layout and seed per sample (len == batch_size); `prompt`, `layout`
+    # and `seed` are then sample 0's. Empty: every sample shares them. Only adapters declaring
+    # `mixed_batches = True` are given mixed requests; read them through the `sample_*` methods.
+    prompts: tuple[str, ...] = ()
+    layouts: tuple[Layout, ...] = ()
+    seeds: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("prompts", "layouts", "seeds"):
+            if getattr(self, name) and len(getattr(self, name)) != self.batch_size:
+                raise ValueError(f"GenerationRequest.{name} has {len(getattr(self, name))} entries for batch_size {self.batch_size}")
+
+    @property
+    def is_mixed(self) -> bool:
+        """Whether samples differ in prompt or layout."""
+        return bool(self.prompts or self.layouts)
+
+    def sample_prompts(self) -> list[str]:
+        """The prompt of each sample."""
+        return list(self.prompts) if self.prompts else [self.prompt] * self.batch_size
+
+    def sample_layouts(self) -> list[Layout]:
+        """The layout of each sample."""
+        return list(self.layouts) if self.layouts else [self.layout] * self.batch_size
+
+    def sample_seeds(self) -> list[int]:
+        """The seed of each sample."""
+        return list(self.seeds) if self.seeds else [self.seed + b for b in range(self.batch_size)]
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,10 @@ class DiffusionAdapter(ABC):
 
     id: ClassVar[str]
     Options: ClassVar[type[AdapterOptions]] = AdapterOptions
+    # True when `prepare` builds each sample's encodings from `request.sample_prompts()` and
+    # `sample_layouts()`: RealCompo then batches different prompts and layouts in one forward.
+    # False (the safe default): such adapters get requests whose samples share prompt and layout.
+    mixed_batches: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = self.Options(**options)

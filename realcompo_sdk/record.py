@@ -30,6 +30,10 @@ class GenerationRecord(BaseModel):
     passes: dict[str, int]
     versions: dict[str, str]
     seconds: float
+    # For an image made in a mixed batch (`RealCompo.generate_batch`): its index and the seeds of
+    # the batch it shared forwards with. Float rounding depends on the batch, so exact pixel
+    # reproduction needs the same batch.
+    batch: dict[str, Any] | None = None
 
 
 def environment_versions() -> dict[str, str]:

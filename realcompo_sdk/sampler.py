@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .balancer import BalanceOptions, compose, initial_logits, region_loss, region_masks
+from .balancer import BalanceOptions, batch_regions, compose, initial_logits, region_loss
 from .interfaces import DiffusionAdapter, GenerationRequest, StepInfo
 from .lookahead import lookahead, scheduler_step
 
@@ -31,7 +31,9 @@ class BalancedProblem:
 
     adapters: list[DiffusionAdapter]  # index 0 is the T2I adapter
     states: list[Any]
-    token_groups: list[list[list[list[int]]]]  # [adapter][sample][object] -> positions
+    # [adapter][sample][object] -> positions; in a mixed batch every sample lists as many groups as
+    # the largest layout has objects (padding groups are ignored by the loss)
+    token_groups: list[list[list[list[int]]]]
     request: GenerationRequest
     scheduler: Any
     generators: list[torch.Generator]
@@ -83,7 +85,7 @@ def balanced_sample(problem: BalancedProblem, *, record_influence: bool = False,
     batch, _, lh, lw = latents.shape
     logits = initial_logits(len(adapters), (batch, lh, lw), opts.init, problem.generators, latents.device).to(latents.dtype)
     resolution = attention_resolution(problem, lh)
-    regions = region_masks(problem.request.layout, resolution, lw * resolution // lh, latents.device)
+    regions, valid = batch_regions(problem.request.sample_layouts(), resolution, lw * resolution // lh, latents.device)
     eta = opts.step_sizes(n)
     warmup = opts.warmup_steps(n)
     grad_adapters = [k for k in range(len(adapters)) if not (k == t2i and opts.detach_t2i_attention)]
@@ -114,7 +116,7 @@ def balanced_sample(problem: BalancedProblem, *, record_influence: bool = False,
             loss = 0.0
             for k in grad_adapters:
                 maps = adapters[k].attention_probs(x_prime_in, step, problem.states[k], problem.token_groups[k], resolution)
-                loss = loss + region_loss(maps, regions)
+                loss = loss + region_loss(maps, regions, valid)
                 out.passes["grad"] += 1
             (grad,) = torch.autograd.grad(loss, logits)
             out.passes["backward"] += 1

@@ -199,9 +199,8 @@ class UNetAdapter(DiffusionAdapter):
         return out[0], getattr(out, "pooler_output", None)
 
     def prepare(self, request: GenerationRequest) -> UNetState:
-        b = request.batch_size
-        cond, pooled_c = self.encode_text([request.prompt] * b)
-        uncond, pooled_u = self.encode_text([request.negative_prompt] * b)
+        cond, pooled_c = self.encode_text(request.sample_prompts())
+        uncond, pooled_u = self.encode_text([request.negative_prompt] * request.batch_size)
         state = UNetState(cond=cond, uncond=uncond, pooled={"cond": pooled_c, "uncond": pooled_u})
         self.prepare_conditioning(request, state)
         return state

@@ -21,7 +21,7 @@ from .components import tiny_scheduler_config, tiny_text_encoder, tiny_tokenizer
 
 @dataclass(frozen=True)
 class Occupancy:
-    """Where the layout has objects, (1, 1, h, w): the tiny L2I model's extra input channel."""
+    """Where each sample's layout has objects, (B, 1, h, w): the tiny L2I model's extra input channel."""
 
     mask: torch.Tensor
 
@@ -52,6 +52,7 @@ class _TinyBase(UNetAdapter):
 
 class TinyT2IAdapter(_TinyBase, T2IAdapter):
     id = "tiny-t2i"
+    mixed_batches = True
 
 
 class TinyL2IAdapter(_TinyBase, L2IAdapter):
@@ -59,12 +60,15 @@ class TinyL2IAdapter(_TinyBase, L2IAdapter):
     accepted_kinds: ClassVar[frozenset[RegionKind]] = frozenset({"box", "mask", "keypoints"})
     max_objects: ClassVar[int | None] = 8
     in_channels = 5
+    mixed_batches = True
 
     def prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
-        self.check_layout(request.layout)
         f = self.latent_spec.vae_scale_factor
-        regions = region_masks(request.layout, request.height // f, request.width // f, self.device)
-        state.add(Occupancy(regions.amax(dim=0)[None, None].to(self.dtype)))
+        masks = []
+        for layout in request.sample_layouts():
+            self.check_layout(layout)
+            masks.append(region_masks(layout, request.height // f, request.width // f, self.device).amax(dim=0))
+        state.add(Occupancy(torch.stack(masks)[:, None].to(self.dtype)))  # (B, 1, h, w)
 
     def unet_input(self, sample: torch.Tensor, state: UNetState, branches: tuple, step: object) -> torch.Tensor:
         per_branch = sample.shape[0] // len(branches)

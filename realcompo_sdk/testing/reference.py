@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..balancer import compose, initial_logits, region_loss, region_masks
+from ..balancer import batch_regions, compose, initial_logits, region_loss
 from ..interfaces import StepInfo
 from ..lookahead import lookahead, scheduler_step
 from ..sampler import BalancedProblem, attention_resolution, initial_latents
@@ -33,7 +33,7 @@ def reference_sample(problem: BalancedProblem) -> torch.Tensor:
     logits = list(initial_logits(len(adapters), (batch, lh, lw), opts.init, problem.generators, latents.device)
                   .to(latents.dtype).unbind(0))
     resolution = attention_resolution(problem, lh)
-    regions = region_masks(problem.request.layout, resolution, lw * resolution // lh, latents.device)
+    regions, valid = batch_regions(problem.request.sample_layouts(), resolution, lw * resolution // lh, latents.device)
     eta = opts.step_sizes(n)
     l2i = problem.l2i_indices
     for i, t in enumerate(sched.timesteps):
@@ -53,7 +53,7 @@ def reference_sample(problem: BalancedProblem) -> torch.Tensor:
                 maps = adapter.attention_probs(x_prime_in, step, state, problem.token_groups[k], resolution, stop_early=False)
                 if k == 0 and opts.detach_t2i_attention:
                     maps = maps.detach()
-                loss = loss + region_loss(maps, regions)
+                loss = loss + region_loss(maps, regions, valid)
             grads = [torch.autograd.grad(loss, leaf, retain_graph=True)[0] for leaf in leaves]
             logits = [(leaf - float(eta[i]) * g).detach() for leaf, g in zip(leaves, grads)]
         wanted = range(len(adapters)) if mixing else l2i

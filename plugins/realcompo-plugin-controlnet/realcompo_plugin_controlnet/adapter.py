@@ -43,10 +43,15 @@ DEFAULT_BASES = {"sd": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sdxl": "s
 
 @dataclass(frozen=True)
 class ControlImage:
-    """A request's control image: the tensor the ControlNet reads and the picture it came from."""
+    """A request's control images: the tensor the ControlNet reads and the pictures it came from."""
 
     tensor: torch.Tensor  # (B, 3, H, W) in [0, 1], the model dtype
-    picture: Any  # PIL image, RGB
+    pictures: list[Any]  # PIL images, RGB, one per sample
+
+    @property
+    def picture(self) -> Any:
+        """Sample 0's control picture (all samples share it unless the batch is mixed)."""
+        return self.pictures[0]
 
 
 class ControlNetOptions(TorchModelOptions):
@@ -124,6 +129,7 @@ class ControlNetAdapter(UNetAdapter, L2IAdapter):
 
     Options = ControlNetOptions
     options: ControlNetOptions
+    mixed_batches = True  # one control image per sample
 
     @classmethod
     def peek_latent_spec(cls, options: ControlNetOptions) -> LatentSpec | None:
@@ -262,14 +268,19 @@ class ControlNetAdapter(UNetAdapter, L2IAdapter):
         return state
 
     def prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
-        self.check_layout(request.layout)
         f = self.latent_spec.vae_scale_factor
         height = request.height // f * self.control_factor
         width = request.width // f * self.control_factor
-        image = self.render_control(request.layout, height, width)
-        array = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0  # [0, 1], as diffusers
-        control = torch.from_numpy(array)[None].to(self.device, self.dtype)
-        state.add(ControlImage(tensor=control.expand(request.batch_size, -1, -1, -1), picture=image))
+        layouts = request.sample_layouts() if request.is_mixed else [request.layout]
+        pictures, arrays = [], []
+        for layout in layouts:
+            self.check_layout(layout)
+            pictures.append(self.render_control(layout, height, width))
+            arrays.append(np.asarray(pictures[-1].convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0)  # [0, 1], as diffusers
+        control = torch.from_numpy(np.stack(arrays)).to(self.device, self.dtype)
+        if not request.is_mixed:
+            control, pictures = control.expand(request.batch_size, -1, -1, -1), pictures * request.batch_size
+        state.add(ControlImage(tensor=control, pictures=pictures))
 
     def unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
         return self.base.unet_kwargs(state, branches, step)

@@ -46,6 +46,7 @@ class GligenAdapter(UNetAdapter, L2IAdapter):
     Options = GligenOptions
     accepted_kinds: ClassVar[frozenset[RegionKind]] = frozenset({"box"})
     max_objects: ClassVar[int | None] = MAX_OBJECTS
+    mixed_batches = True  # grounding inputs per sample
 
     @classmethod
     def peek_latent_spec(cls, options: GligenOptions) -> LatentSpec | None:
@@ -71,21 +72,31 @@ class GligenAdapter(UNetAdapter, L2IAdapter):
         super().check_layout(layout)
 
     def prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
-        self.check_layout(request.layout)
-        phrases = [o.phrase for o in request.layout.objects]
+        if not request.is_mixed:
+            one = self._grounding(request.layout)
+            b = request.batch_size
+            state.add(GligenGrounding(boxes=one.boxes.expand(b, -1, -1), masks=one.masks.expand(b, -1),
+                                      positive_embeddings=one.positive_embeddings.expand(b, -1, -1)))
+            return
+        each = [self._grounding(layout) for layout in request.sample_layouts()]
+        state.add(GligenGrounding(boxes=torch.cat([g.boxes for g in each]), masks=torch.cat([g.masks for g in each]),
+                                  positive_embeddings=torch.cat([g.positive_embeddings for g in each])))
+
+    def _grounding(self, layout: Layout) -> GligenGrounding:
+        """One layout's grounding inputs, batch of one."""
+        self.check_layout(layout)
+        phrases = [o.phrase for o in layout.objects]
         ids = self.tokenizer(phrases, padding=True, return_tensors="pt").input_ids.to(self.device)
         with torch.no_grad():
             pooled = self.text_encoder(ids).pooler_output
         n, dim = len(phrases), self.unet.config.cross_attention_dim
         boxes = torch.zeros(MAX_OBJECTS, 4, device=self.device, dtype=self.dtype)
-        boxes[:n] = torch.tensor([o.bounding_box().as_tuple() for o in request.layout.objects], dtype=self.dtype)
+        boxes[:n] = torch.tensor([o.bounding_box().as_tuple() for o in layout.objects], dtype=self.dtype)
         embeddings = torch.zeros(MAX_OBJECTS, dim, device=self.device, dtype=self.dtype)
         embeddings[:n] = pooled.to(self.dtype)
         masks = torch.zeros(MAX_OBJECTS, device=self.device, dtype=self.dtype)
         masks[:n] = 1
-        b = request.batch_size
-        state.add(GligenGrounding(boxes=boxes.expand(b, -1, -1), positive_embeddings=embeddings.expand(b, -1, -1),
-                                  masks=masks.expand(b, -1)))
+        return GligenGrounding(boxes=boxes[None], positive_embeddings=embeddings[None], masks=masks[None])
 
     def unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
         grounded = step.index < int(self.options.scheduled_sampling_beta * step.num_steps)

@@ -93,3 +93,26 @@ def test_gligen_noise_is_float32(folders):
     state = adapter.prepare(contract._request(adapter))
     out = adapter.predict_noise(contract._latents(adapter), contract._step(adapter), state, guidance_scale=2.0)
     assert out.guided.dtype == torch.float32
+
+
+def test_a_mixed_batch_grounds_each_sample_on_its_own_layout(folders):
+    from realcompo_plugin_gligen.adapter import GligenGrounding
+
+    from realcompo_sdk.interfaces import GenerationRequest
+
+    adapter = GligenAdapter(model=str(folders["gligen"]))
+    layouts = [Layout.from_boxes("a cat and a dog", [("cat", (0, 0, 0.5, 1)), ("dog", (0.5, 0, 1, 1))]),
+               Layout.from_boxes("a bird", [("bird", (0.2, 0.2, 0.4, 0.4))])]
+
+    def request(batch_layouts):
+        return GenerationRequest(prompt=batch_layouts[0].prompt, negative_prompt="", layout=batch_layouts[0],
+                                 batch_size=len(batch_layouts), height=32, width=32, num_steps=2,
+                                 prompts=tuple(lay.prompt for lay in batch_layouts) if len(batch_layouts) > 1 else (),
+                                 layouts=tuple(batch_layouts) if len(batch_layouts) > 1 else ())
+
+    mixed = adapter.prepare(request(layouts)).get(GligenGrounding)
+    for b, layout in enumerate(layouts):
+        alone = adapter.prepare(request([layout])).get(GligenGrounding)
+        assert torch.equal(mixed.boxes[b], alone.boxes[0]) and torch.equal(mixed.masks[b], alone.masks[0])
+        assert torch.allclose(mixed.positive_embeddings[b], alone.positive_embeddings[0], atol=1e-6)
+    assert mixed.masks.sum(dim=1).tolist() == [2.0, 1.0]

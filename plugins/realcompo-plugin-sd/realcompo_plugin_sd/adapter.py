@@ -18,6 +18,7 @@ class StableDiffusionAdapter(UNetAdapter, T2IAdapter):
 
     id = "sd"
     Options = SDOptions
+    mixed_batches = True  # no layout conditioning; UNetAdapter.prepare encodes each sample's prompt
 
     @classmethod
     def peek_latent_spec(cls, options: SDOptions) -> LatentSpec | None:

@@ -125,6 +125,7 @@ class StableDiffusionXLAdapter(UNetAdapter, T2IAdapter):
 
     id = "sdxl"
     Options = SDXLOptions
+    mixed_batches = True  # each sample's prompt is encoded; no layout conditioning
 
     @classmethod
     def peek_latent_spec(cls, options: SDXLOptions) -> LatentSpec | None:
@@ -200,7 +201,7 @@ class StableDiffusionXLAdapter(UNetAdapter, T2IAdapter):
 
     def prepare(self, request: GenerationRequest) -> UNetState:
         b = request.batch_size
-        cond, pooled_c = self.encode_text([request.prompt] * b)
+        cond, pooled_c = self.encode_text(request.sample_prompts())
         if self.force_zeros_for_empty_prompt and not request.negative_prompt:
             uncond, pooled_u = torch.zeros_like(cond), torch.zeros_like(pooled_c)
         else:
