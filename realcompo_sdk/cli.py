@@ -47,14 +47,15 @@ def _planner_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _add_planner_args(p: argparse.ArgumentParser) -> None:
+def _add_planner_args(p: argparse.ArgumentParser, save_layout: bool = True) -> None:
     p.add_argument("--planner", default="rules", help="planner id (default: rules, offline)")
     p.add_argument("--model", help="LLM model name for LLM planners")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the planner cache")
     p.add_argument("--cache-dir", help="planner cache directory")
     p.add_argument("--replay", action="store_true", help="answer from the planner cache only (no API call)")
     p.add_argument("--planner-option", action="append", metavar="KEY=VALUE", help="planner option (repeatable)")
-    p.add_argument("--save-layout", metavar="PNG", help="also write a picture of the layout")
+    if save_layout:
+        p.add_argument("--save-layout", metavar="PNG", help="also write a picture of the layout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-v", "--verbose", action="store_true",
                    help="also show the warnings and notes of diffusers and transformers (hidden by default)")
     _add_planner_args(g)
+
+    b = sub.add_parser("batch", help="generate many images from a jobs file (JSONL or prompts), resumable, locally or on Ray")
+    b.add_argument("jobs", help="JSONL (one job a line: prompt and/or layout, seeds, overrides) or a prompt-per-line file")
+    b.add_argument("-o", "--output", required=True, help="output folder: images/ and manifest.jsonl")
+    b.add_argument("--engine", default="local", choices=["local", "ray"], help="local: this process; ray: Ray actors")
+    b.add_argument("--workers", type=int, default=1, help="ray: model replicas (actors), default 1")
+    b.add_argument("--ray-address", help="ray: a running cluster (e.g. auto or ray://HOST:10001); default: start a local one")
+    b.add_argument("--batch-size", type=int, default=4, help="images sharing a batched forward (default 4)")
+    b.add_argument("--threads", type=int, default=1,
+                   help="torch threads per worker (default 1; the same value gives the same bytes on every engine)")
+    b.add_argument("--seeds", default="0", help="seeds of jobs that name none: '0,1,5', '0-3' or '0-2,10' (default 0)")
+    b.add_argument("--max-failures", type=int, help="stop once more images than this have failed (default: never)")
+    b.add_argument("--plan-concurrency", type=int, default=8, help="planner calls in flight at once (default 8)")
+    for flag in ("--t2i", "--t2i-option", "--l2i", "--l2i-option", "--set", "--mode", "--steps", "--guidance",
+                 "--scheduler", "--negative", "--height", "--width", "--append-missing-phrases", "--no-progress", "-v"):
+        action = next(a for a in g._actions if flag in a.option_strings)
+        b._add_action(action)
+    _add_planner_args(b, save_layout=False)
 
     pl = sub.add_parser("plan", help="print the layout a planner makes for a prompt")
     pl.add_argument("prompt")
@@ -234,6 +253,35 @@ def l2i_regions(report: Any) -> dict[str, dict[str, Any]]:
     return regions
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import BatchOptions, ModelConfig, parse_seeds, run_batch
+    from .compose import DEFAULT_L2I
+    from .settings import check_sampling
+
+    check_sampling(num_steps=args.steps, guidance_scale=args.guidance, height=args.height, width=args.width,
+                   mode=args.mode, negative_prompt=args.negative)
+    if args.threads < 1:
+        raise RealCompoError("--threads must be at least 1")
+    model = ModelConfig(t2i=args.t2i, l2i=args.l2i or [DEFAULT_L2I], t2i_options=_parse_pairs(args.t2i_option, "--t2i-option"),
+                        l2i_options=_parse_pairs(args.l2i_option, "--l2i-option"), balance=_parse_pairs(args.set, "--set"),
+                        scheduler=args.scheduler, append_missing_phrases=args.append_missing_phrases, threads=args.threads)
+    options = BatchOptions(
+        jobs=args.jobs, output=args.output, engine=args.engine, workers=args.workers, batch_size=args.batch_size,
+        ray_address=args.ray_address, max_failures=args.max_failures, seeds=parse_seeds(args.seeds),
+        defaults={"negative_prompt": args.negative, "num_steps": args.steps, "guidance_scale": args.guidance,
+                  "height": args.height, "width": args.width, "mode": args.mode},
+        planner=args.planner, planner_options=_planner_options(args), plan_concurrency=args.plan_concurrency,
+        progress=not args.no_progress)
+    _library_output(progress=not args.no_progress, verbose=args.verbose)
+    summary = run_batch(options, model, log=lambda line: print(line, file=sys.stderr))
+    seconds = ", ".join(f"{k} {v:.1f} s" for k, v in summary.seconds.items())
+    print(f"{summary.images} images written, {summary.skipped} already done, {len(summary.failures)} failed "
+          f"({summary.images_per_second:.2f} images/s; {seconds}) -> {Path(args.output) / 'manifest.jsonl'}")
+    if summary.stopped:
+        print(summary.stopped, file=sys.stderr)
+    return 1 if summary.failures else 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from . import registry
 
@@ -290,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"generate": cmd_generate, "plan": cmd_plan, "plugins": cmd_plugins, "new-plugin": cmd_new_plugin}
+    handlers = {"generate": cmd_generate, "batch": cmd_batch, "plan": cmd_plan, "plugins": cmd_plugins,
+                "new-plugin": cmd_new_plugin}
     try:
         return handlers[args.command](args)
     except RealCompoError as exc:

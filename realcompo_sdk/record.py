@@ -29,7 +29,7 @@ class GenerationRecord(BaseModel):
     token_positions: dict[str, list[list[int]]]
     passes: dict[str, int]
     versions: dict[str, str]
-    seconds: float
+    seconds: float | None = None  # None in `realcompo batch` images: their timings are in its manifest
     # For an image made in a mixed batch (`RealCompo.generate_batch`): its index and the seeds of
     # the batch it shared forwards with. Float rounding depends on the batch, so exact pixel
     # reproduction needs the same batch.
