@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", required=True, help="output folder: images/ and manifest.jsonl")
     b.add_argument("--engine", default="local", choices=["local", "ray"], help="local: this process; ray: Ray actors")
     b.add_argument("--workers", type=int, default=1, help="ray: model replicas (actors), default 1")
+    b.add_argument("--gpus-per-worker", type=float, default=0, help="ray: GPUs per actor (default 0; 1 on a GPU cluster)")
     b.add_argument("--ray-address", help="ray: a running cluster (e.g. auto or ray://HOST:10001); default: start a local one")
     b.add_argument("--batch-size", type=int, default=4, help="images sharing a batched forward (default 4)")
     b.add_argument("--threads", type=int, default=1,
@@ -267,6 +268,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                         scheduler=args.scheduler, append_missing_phrases=args.append_missing_phrases, threads=args.threads)
     options = BatchOptions(
         jobs=args.jobs, output=args.output, engine=args.engine, workers=args.workers, batch_size=args.batch_size,
+        gpus_per_worker=args.gpus_per_worker,
         ray_address=args.ray_address, max_failures=args.max_failures, seeds=parse_seeds(args.seeds),
         defaults={"negative_prompt": args.negative, "num_steps": args.steps, "guidance_scale": args.guidance,
                   "height": args.height, "width": args.width, "mode": args.mode},

@@ -139,3 +139,69 @@ def test_a_killed_run_resumes_to_the_uninterrupted_images(tmp_path, uninterrupte
     assert not list((tmp_path / "out" / "images").glob(".*"))  # no partial file left
     keys = [r["key"] for r in ok_lines(tmp_path / "out")]
     assert len(keys) == len(set(keys)) == 6
+
+
+# ---- the Ray engine ----------------------------------------------------------------------------
+def _ray_processes(marker: str) -> list[int]:
+    """Processes started with `marker` in their environment (Ray's, from one test run)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def ray_run(tmp_path):
+    """Runs `realcompo batch --engine ray --workers 2` on a private local Ray instance; afterwards
+    waits until every process that run started is gone (a killed driver orphans Ray's agents,
+    which exit on their own once they lose the raylet)."""
+    pytest.importorskip("ray.data")
+    import time
+    import uuid
+
+    import shutil
+    import tempfile
+
+    marker = f"REALCOMPO_TEST_RAY_RUN={uuid.uuid4().hex}"
+    temp = tempfile.mkdtemp(prefix="rct")  # Ray's session files (short: socket paths are limited)
+
+    def run(out: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return cli("batch", str(write_jobs(tmp_path / "jobs.jsonl")), "-o", str(out), *FLAGS, "--engine", "ray",
+                   "--workers", "2", env={marker.split("=")[0]: marker.split("=")[1], "TMPDIR": temp, **(env or {})})
+
+    yield run
+    deadline = time.monotonic() + 120
+    while _ray_processes(marker) and time.monotonic() < deadline:
+        time.sleep(1)
+    shutil.rmtree(temp, ignore_errors=True)
+    assert _ray_processes(marker) == [], "Ray processes outlived the run"
+
+
+def test_ray_with_two_workers_makes_the_local_images_byte_for_byte(tmp_path, uninterrupted, ray_run):
+    result = ray_run(tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert images(tmp_path / "out") == uninterrupted
+    workers = {r["worker"] for r in ok_lines(tmp_path / "out")}
+    assert len(workers) == 2 and all(w.startswith("ray:") for w in workers)  # two model replicas shared the units
+
+
+def test_a_killed_ray_worker_is_replaced_and_its_unit_retried(tmp_path, uninterrupted, ray_run):
+    once = tmp_path / "killed-once"
+    result = ray_run(tmp_path / "out", env={FAULT_ENV: "unit:1", "REALCOMPO_BATCH_FAULT_ONCE": str(once)})
+    assert once.exists() and result.returncode == 0, result.stderr
+    assert images(tmp_path / "out") == uninterrupted
+    assert len({r["worker"] for r in ok_lines(tmp_path / "out")}) >= 2
+
+
+def test_a_killed_ray_driver_resumes_to_the_uninterrupted_images(tmp_path, uninterrupted, ray_run):
+    killed = ray_run(tmp_path / "out", env={FAULT_ENV: "line:3"})
+    assert killed.returncode == -9, killed.stderr
+    resumed = ray_run(tmp_path / "out")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "3 of 6 images already done" in resumed.stderr
+    assert images(tmp_path / "out") == uninterrupted
+    assert not list((tmp_path / "out" / "images").glob(".*"))

@@ -32,6 +32,7 @@ class BatchOptions:
     output: str | Path
     engine: Literal["local", "ray"] = "local"
     workers: int = 1  # ray: actors, each with one model replica
+    gpus_per_worker: float = 0  # ray: GPUs each actor asks for (models then run on cuda)
     batch_size: int = 4  # items per batched forward
     ray_address: str | None = None  # None: start a local Ray instance for this run
     max_failures: int | None = None  # stop once more items than this have failed
