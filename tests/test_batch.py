@@ -160,11 +160,10 @@ def ray_run(tmp_path):
     waits until every process that run started is gone (a killed driver orphans Ray's agents,
     which exit on their own once they lose the raylet)."""
     pytest.importorskip("ray.data")
-    import time
-    import uuid
-
     import shutil
     import tempfile
+    import time
+    import uuid
 
     marker = f"REALCOMPO_TEST_RAY_RUN={uuid.uuid4().hex}"
     temp = tempfile.mkdtemp(prefix="rct")  # Ray's session files (short: socket paths are limited)
