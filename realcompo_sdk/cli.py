@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         b._add_action(action)
     _add_planner_args(b, save_layout=False)
 
+    u = sub.add_parser("ui", help="the browser app: plan, edit the layout's boxes, generate, watch the balance")
+    u.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    u.add_argument("--port", type=int, help="port (default: 7860 or the next free one)")
+    u.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+
     pl = sub.add_parser("plan", help="print the layout a planner makes for a prompt")
     pl.add_argument("prompt")
     pl.add_argument("--json", action="store_true", help="print JSON only")
@@ -284,6 +289,20 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 1 if summary.failures else 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+        import gradio_image_annotation  # noqa: F401
+    except ImportError:
+        raise RealCompoError("realcompo ui needs Gradio: pip install 'realcompo-sdk[ui]'") from None
+    from .ui.app import serve
+
+    _library_output(progress=True, verbose=False)
+    print(f"realcompo ui on http://{args.host}:{args.port or 7860} (Ctrl-C stops it)")
+    serve(host=args.host, port=args.port, share=args.share, block=True)
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from . import registry
 
@@ -340,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"generate": cmd_generate, "batch": cmd_batch, "plan": cmd_plan, "plugins": cmd_plugins,
+    handlers = {"generate": cmd_generate, "batch": cmd_batch, "ui": cmd_ui, "plan": cmd_plan, "plugins": cmd_plugins,
                 "new-plugin": cmd_new_plugin}
     try:
         return handlers[args.command](args)

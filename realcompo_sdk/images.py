@@ -70,12 +70,22 @@ def write_atomic(path: str | Path, save: Any) -> Path:
 
 def save_png(image: Any, path: str | Path, record_json: str | None = None) -> Path:
     """Save a PIL image as PNG with the record in a `realcompo` text chunk."""
+    data = png_bytes(image, record_json)
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def png_bytes(image: Any, record_json: str | None = None) -> bytes:
+    """A PIL image as PNG bytes, with the record in a `realcompo` text chunk."""
+    import io
+
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     if record_json is not None:
         info.add_text("realcompo", record_json)
-    return write_atomic(path, lambda f: image.save(f, format="PNG", pnginfo=info))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
 
 
 def read_record(path: str | Path) -> str | None:

@@ -7,7 +7,7 @@ output folder's only writer, as PNG bytes: no shared file system is needed betwe
 
 from __future__ import annotations
 
-import io
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from ..images import png_bytes
 from .units import WorkItem
 
 
@@ -84,18 +85,6 @@ class UnitWorker:
         for item, result in zip(items, results):
             record = result.record.model_dump(mode="json", exclude_none=True)
             record.pop("seconds", None)  # timings go to the manifest: the image bytes must not depend on them
-            out.append(ItemResult(item.key, png_bytes(result.images[0], record), record, None, share))
+            png = png_bytes(result.images[0], json.dumps(record, sort_keys=True))
+            out.append(ItemResult(item.key, png, record, None, share))
         return out
-
-
-def png_bytes(image: Any, record: dict[str, Any]) -> bytes:
-    """PNG with the record in a `realcompo` text chunk, as `realcompo generate` writes."""
-    import json
-
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    info.add_text("realcompo", json.dumps(record, sort_keys=True))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()

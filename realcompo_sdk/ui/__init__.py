@@ -1,0 +1,1 @@
+"""`realcompo ui`: the browser app (Gradio). Needs the `ui` extra: pip install 'realcompo-sdk[ui]'."""
