@@ -50,6 +50,27 @@ def test_bad_boxes_are_named(boxes, message):
         from_annotation({"image": None, "boxes": boxes}, "a cat")
 
 
+def test_option_forms_follow_the_options_model_and_pass_only_changes():
+    from realcompo_sdk.errors import RealCompoError
+    from realcompo_sdk.ui.forms import UNSET, changed_options, form_fields, shown_value
+
+    specs = {s.name: s for s in form_fields("l2i", "shapes-controlnet")}
+    assert specs["conditioning_scale"].widget == "float" and specs["check_finite"].widget == "checkbox"
+    assert specs["dtype"].widget == "choice" and "float64" in specs["dtype"].choices
+    assert specs["variant"].widget == "optional-text" and specs["palette"].widget == "json"
+    assert "red circle" in shown_value(specs["palette"])  # the preset's value, not the class default
+    unchanged = {name: shown_value(spec) for name, spec in specs.items()}
+    assert changed_options("l2i", "shapes-controlnet", unchanged) == {}
+    edited = {**unchanged, "conditioning_scale": 0.5, "variant": "fp16", "classes": '{"cat": "animal"}'}
+    assert changed_options("l2i", "shapes-controlnet", edited) == {
+        "conditioning_scale": 0.5, "variant": "fp16", "classes": {"cat": "animal"}}
+    with pytest.raises(RealCompoError, match="option 'classes': not valid JSON"):
+        changed_options("l2i", "shapes-controlnet", {**unchanged, "classes": "{cat"})
+    sdxl = {s.name: s for s in form_fields("t2i", "sdxl")}
+    assert sdxl["force_zeros_for_empty_prompt"].choices == (UNSET, "true", "false")
+    assert changed_options("t2i", "sdxl", {"force_zeros_for_empty_prompt": "false"}) == {"force_zeros_for_empty_prompt": False}
+
+
 # ---- the browser --------------------------------------------------------------------------------
 def chromium() -> str | None:
     for candidate in (os.environ.get("CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"),
@@ -208,3 +229,22 @@ def test_an_invalid_layout_upload_shows_the_error(page, tmp_path):
     toast = page.locator('[data-testid="toast-body"].error [data-testid="toast-text"]')
     toast.wait_for()
     assert "objects[0] ('cat').box" in toast.inner_text() and "inverted" in toast.inner_text()
+
+
+def test_adapter_options_are_a_form_generated_from_the_options_model(page):
+    from realcompo_sdk.images import read_record
+
+    page.locator("#adapter_options").get_by_text("Adapter options").click()
+    scale = page.locator("#l2i-option-conditioning_scale input")
+    scale.wait_for()
+    assert float(scale.input_value()) == 1.0
+    assert "red circle" in page.locator("#l2i-option-palette textarea").input_value()  # the preset's value
+    assert page.locator("#t2i-option-dtype").is_visible() and page.locator("#t2i-option-check_finite").is_visible()
+    scale.fill("0.5")
+    scale.press("Tab")
+    plan(page)
+    page.locator("#steps input").fill(str(STEPS))
+    page.locator("#generate").click()
+    record = json.loads(read_record(download(page, "#image_file")))
+    assert record["adapters"][1]["options"]["conditioning_scale"] == 0.5
+    assert record["adapters"][1]["options"]["palette"]["red circle"] == [225, 35, 35]  # untouched: the preset's

@@ -19,6 +19,7 @@ from ..balancer import BalanceOptions
 from ..errors import RealCompoError
 from ..layout import Layout, load_layout
 from .boxes import from_annotation, to_annotation
+from .forms import changed_options, form_fields, shown_value
 from .influence import influence_frames, legend_markdown
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from a local tool
@@ -42,32 +43,31 @@ class Session:
         return self.rc
 
 
-def options_help(kind: str, adapter_id: str) -> str:
-    """The adapter's options as a Markdown table, from its pydantic `Options` (no weights load)."""
-    from .. import registry
+def _options_form(gr: Any, kind: str, dropdown: Any, values: Any) -> None:
+    """One field per option of the chosen adapter, rebuilt when the dropdown changes; each edit
+    is kept in `values` (a gr.State), from which `changed_options` builds the options."""
 
-    try:
-        registration = registry.lookup(kind, adapter_id)
-        fields = registration.load_class().Options.model_fields
-    except RealCompoError as exc:
-        return f"*{exc}*"
-    rows = [f"| `{name}` | `{getattr(f.annotation, '__name__', f.annotation)}` | "
-            f"`{registration.options.get(name, f.get_default(call_default_factory=True))!r}` | {f.description or ''} |"
-            for name, f in fields.items()]
-    return f"Options of `{adapter_id}` (JSON above overrides them):\n\n| option | type | default | |\n|---|---|---|---|\n" + "\n".join(rows)
-
-
-def parse_options(text: str, what: str) -> dict[str, Any]:
-    text = (text or "").strip()
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RealCompoError(f"{what}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-    if not isinstance(value, dict):
-        raise RealCompoError(f"{what}: give a JSON object such as {{\"dtype\": \"float32\"}}")
-    return value
+    @gr.render(inputs=dropdown)
+    def form(adapter_id: str | None) -> None:
+        try:
+            specs = form_fields(kind, adapter_id)
+        except RealCompoError as exc:
+            gr.Markdown(f"*{exc}*")
+            return
+        gr.Markdown(f"**{kind.upper()} `{adapter_id}`** (presets fill their own values)")
+        for spec in specs:
+            common = {"label": spec.name, "info": spec.description or None, "value": shown_value(spec),
+                      "elem_id": f"{kind}-option-{spec.name}", "interactive": True}
+            if spec.widget == "checkbox":
+                widget = gr.Checkbox(**common)
+            elif spec.widget in ("int", "float"):
+                integer = spec.widget == "int"
+                widget = gr.Number(precision=0 if integer else None, step=1 if integer else 0.01, **common)
+            elif spec.widget == "choice":
+                widget = gr.Dropdown(list(spec.choices), **common)
+            else:
+                widget = gr.Textbox(lines=1, max_lines=6 if spec.widget == "json" else 1, **common)
+            widget.change(lambda value, kept, name=spec.name: {**kept, name: value}, [widget, values], values)
 
 
 def build_app(session: Session | None = None) -> Any:
@@ -116,13 +116,13 @@ def build_app(session: Session | None = None) -> Any:
         return str(path)
 
     @errors
-    def generate(boxes: Any, prompt: str, previous: dict | None, t2i: str, l2i: str, t2i_opts: str, l2i_opts: str,
+    def generate(boxes: Any, prompt: str, previous: dict | None, t2i: str, l2i: str, t2i_opts: dict, l2i_opts: dict,
                  seed: float, steps: float, guidance: float,
                  progress: Any = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's way to ask for a bar
         from ..images import layout_overlay, png_bytes
 
         layout = from_annotation(boxes, prompt, Layout.model_validate(previous) if previous else None)
-        rc = session.get(t2i, l2i, parse_options(t2i_opts, "T2I options"), parse_options(l2i_opts, "L2I options"))
+        rc = session.get(t2i, l2i, changed_options("t2i", t2i, t2i_opts), changed_options("l2i", l2i, l2i_opts))
         bar = progress.tqdm(range(int(steps)), desc="denoising", unit="step")
         ticks = iter(bar)
 
@@ -141,10 +141,10 @@ def build_app(session: Session | None = None) -> Any:
                 layout.model_dump(mode="json"))
 
     @errors
-    def compare(boxes: Any, prompt: str, previous: dict | None, t2i: str, l2i: str, t2i_opts: str, l2i_opts: str,
+    def compare(boxes: Any, prompt: str, previous: dict | None, t2i: str, l2i: str, t2i_opts: dict, l2i_opts: dict,
                 seed: float, steps: float, guidance: float) -> list[tuple[Any, str]]:
         layout = from_annotation(boxes, prompt, Layout.model_validate(previous) if previous else None)
-        rc = session.get(t2i, l2i, parse_options(t2i_opts, "T2I options"), parse_options(l2i_opts, "L2I options"))
+        rc = session.get(t2i, l2i, changed_options("t2i", t2i, t2i_opts), changed_options("l2i", l2i, l2i_opts))
         kwargs = {"layout": layout, "seed": int(seed), "num_steps": int(steps), "guidance_scale": float(guidance)}
         return [(_enlarged(rc(**kwargs, mode=mode).images[0]), caption) for mode, caption in
                 (("balanced", "RealCompo (balanced)"), ("t2i", f"{t2i} alone"), ("l2i", f"{l2i} alone"))]
@@ -173,11 +173,11 @@ def build_app(session: Session | None = None) -> Any:
                                       label="T2I adapter", elem_id="t2i")
                     l2i = gr.Dropdown(ids["l2i"], value="shapes-controlnet" if "shapes-controlnet" in ids["l2i"] else None,
                                       label="L2I adapter", elem_id="l2i")
-                with gr.Accordion("Adapter options", open=False):
-                    t2i_options = gr.Code("{}", language="json", label="T2I options (JSON)", elem_id="t2i_options")
-                    t2i_help = gr.Markdown(options_help("t2i", t2i.value) if t2i.value else "")
-                    l2i_options = gr.Code("{}", language="json", label="L2I options (JSON)", elem_id="l2i_options")
-                    l2i_help = gr.Markdown(options_help("l2i", l2i.value) if l2i.value else "")
+                t2i_options = gr.State({})  # the form values the user changed, by field name
+                l2i_options = gr.State({})
+                with gr.Accordion("Adapter options", open=False, elem_id="adapter_options"):
+                    for kind, dropdown, values in (("t2i", t2i, t2i_options), ("l2i", l2i, l2i_options)):
+                        _options_form(gr, kind, dropdown, values)
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
                     steps = gr.Number(25, label="Steps", precision=0, minimum=1, maximum=1000, elem_id="steps")
@@ -200,8 +200,8 @@ def build_app(session: Session | None = None) -> Any:
         export_button.click(export_layout, [boxes, prompt, layout_state], layout_file)
         generate_button.click(generate, inputs, [image, overlay, influence, legend, image_file, layout_state])
         compare_button.click(compare, inputs, comparison)
-        t2i.change(lambda v: options_help("t2i", v), t2i, t2i_help)
-        l2i.change(lambda v: options_help("l2i", v), l2i, l2i_help)
+        t2i.change(lambda _: {}, t2i, t2i_options)  # another adapter: its own defaults
+        l2i.change(lambda _: {}, l2i, l2i_options)
     return app
 
 
