@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
-from realcompo_sdk.balancer import region_masks
+from realcompo_sdk.balancer import batch_regions
 from realcompo_sdk.diffusers_loading import expect_kind, load_sd_components, read_latent_spec
 from realcompo_sdk.errors import RealCompoError
 from realcompo_sdk.interfaces import Branch, GenerationRequest, L2IAdapter, LatentSpec, NoisePrediction, StepInfo
@@ -61,8 +61,9 @@ from realcompo_sdk.unet_adapter import TorchModelOptions, UNetAdapter, UNetState
 class GuidanceTargets:
     """Per request: each object's tokens and box at the resolution of the energy's maps."""
 
-    token_groups: list[list[list[int]]]  # [sample][object] -> token positions
-    regions: torch.Tensor  # (J, r, r') box masks
+    token_groups: list[list[list[int]]]  # [sample][object] -> token positions (padded to J objects)
+    regions: torch.Tensor  # (B, J, r, r') box masks per sample
+    valid: torch.Tensor  # (B, J): which objects are real (a mixed batch pads to the largest layout)
     resolution: int  # r, the height of the attention maps
 
 
@@ -72,6 +73,7 @@ class LayoutGuidanceAdapter(UNetAdapter, L2IAdapter):
     id = "layout-guidance"
     accepted_kinds: ClassVar[frozenset[RegionKind]] = frozenset({"box"})
     max_objects: ClassVar[int | None] = None  # the energy has one term per object, no limit
+    mixed_batches = True  # targets per sample
 
     class Options(TorchModelOptions):
         """Options of `layout-guidance`; unknown keys are errors. `device`, `dtype` and
@@ -121,15 +123,17 @@ class LayoutGuidanceAdapter(UNetAdapter, L2IAdapter):
         return wanted
 
     def prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
-        self.check_layout(request.layout)
         resolution = self.guidance_resolution(request.height, request.width)
         map_width = request.width * resolution // request.height
-        _, positions = self.phrase_token_positions(request.prompt, [o.phrase for o in request.layout.objects])
-        state.add(GuidanceTargets(
-            token_groups=[positions] * request.batch_size,
-            regions=region_masks(request.layout, resolution, map_width, self.device),
-            resolution=resolution,
-        ))
+        layouts = request.sample_layouts()
+        groups = []
+        for prompt, layout in zip(request.sample_prompts(), layouts, strict=True):
+            self.check_layout(layout)
+            groups.append(self.phrase_token_positions(prompt, [o.phrase for o in layout.objects])[1])
+        regions, valid = batch_regions(layouts, resolution, map_width, self.device)
+        most = regions.shape[1]
+        state.add(GuidanceTargets(token_groups=[g + [[0]] * (most - len(g)) for g in groups], regions=regions,
+                                  valid=valid, resolution=resolution))
 
     # ---- the guidance ------------------------------------------------------------------------
     def guides_at(self, step: StepInfo) -> bool:
@@ -141,9 +145,10 @@ class LayoutGuidanceAdapter(UNetAdapter, L2IAdapter):
         """(B,) layout energy of each sample; differentiable w.r.t. `latents`."""
         targets = state.get(GuidanceTargets)
         maps = self.attention_probs(latents, step, state, targets.token_groups, targets.resolution)  # (B, J, r, r')
-        inside = (maps * targets.regions[None]).sum(dim=(-2, -1))
+        inside = (maps * targets.regions).sum(dim=(-2, -1))
         total = maps.sum(dim=(-2, -1))
-        return ((1.0 - inside / total) ** 2).mean(dim=1)
+        terms = torch.where(targets.valid, (1.0 - inside / total) ** 2, torch.zeros_like(total))
+        return terms.sum(dim=1) / targets.valid.sum(dim=1)  # mean over each sample's real objects
 
     def guide(self, latents: torch.Tensor, step: StepInfo, state: UNetState) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The guided latent x' (float32) and the energy before each iteration that ran."""

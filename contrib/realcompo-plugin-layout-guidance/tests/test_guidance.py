@@ -143,3 +143,18 @@ def test_shapes_preset_is_registered_when_shapes_is_installed():
     preset = report.registrations[("l2i", "shapes-layout-guidance")]
     assert preset.options == {"model": str(shapes.WEIGHTS_DIR / "shapes-sd")}
     assert (shapes.WEIGHTS_DIR / "shapes-sd" / "model_index.json").exists()
+
+
+def test_a_mixed_batch_guides_each_sample_by_its_own_layout(adapter):
+    one = Layout.from_boxes("a bird", [("bird", (0.6, 0.0, 1.0, 0.4))])
+    h, w = adapter.latent_spec.default_resolution
+    mixed = GenerationRequest(prompt=LAYOUT.prompt, negative_prompt="", layout=LAYOUT, batch_size=2, height=h, width=w,
+                              num_steps=10, prompts=(LAYOUT.prompt, one.prompt), layouts=(LAYOUT, one))
+    x, step = latents_and_step(adapter)
+    energy = adapter.energy(x, step, adapter.prepare(mixed))
+    for b, layout in enumerate((LAYOUT, one)):
+        alone = adapter.energy(x[b : b + 1], step, adapter.prepare(request_for(adapter, layout, batch=1)))
+        assert torch.allclose(energy[b], alone[0], atol=1e-5), (b, energy, alone)
+    from realcompo_plugin_layout_guidance.adapter import GuidanceTargets
+
+    assert adapter.prepare(mixed).get(GuidanceTargets).valid.tolist() == [[True, True], [True, False]]

@@ -46,7 +46,7 @@ class InstanceTokens:
 
     cond: torch.Tensor
     uncond: torch.Tensor  # from the null inputs, as the official code's uncond branch
-    profile: str  # which input profile built them (box, mask, point, scribble)
+    profile: str  # which input profile built them (box, mask, point, scribble); sample 0's in a mixed batch
 
 
 class InstanceDiffusionOptions(TorchModelOptions):
@@ -72,6 +72,7 @@ class InstanceDiffusionAdapter(UNetAdapter, L2IAdapter):
     Options = InstanceDiffusionOptions
     accepted_kinds: ClassVar[frozenset[RegionKind]] = frozenset({"box", "mask", "point", "scribble"})
     max_objects: ClassVar[int | None] = MAX_INSTANCES
+    mixed_batches = True  # grounding tokens per sample
 
     def __init__(self, **options: object) -> None:
         super().__init__(**options)
@@ -143,11 +144,21 @@ class InstanceDiffusionAdapter(UNetAdapter, L2IAdapter):
         return cond.to(self.dtype), uncond.to(self.dtype)
 
     def prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
-        L2IAdapter.check_layout(self, request.layout)  # kinds and count; _inputs checks the rest
-        inputs = self._inputs(request.layout, height=request.height, width=request.width, seed=request.seed)
+        if not request.is_mixed:  # one layout: its grounding tokens, shared by the batch
+            cond, uncond, profile = self._tokens(request.layout, request, request.seed)
+            b = request.batch_size
+            state.add(InstanceTokens(cond=cond.expand(b, -1, -1), uncond=uncond.expand(b, -1, -1), profile=profile))
+            return
+        # a mixed batch: each sample's tokens from its layout and its seed (as a single call with that seed)
+        each = [self._tokens(lay, request, seed) for lay, seed in zip(request.sample_layouts(), request.sample_seeds())]
+        state.add(InstanceTokens(cond=torch.cat([c for c, _, _ in each]), uncond=torch.cat([u for _, u, _ in each]),
+                                 profile=each[0][2]))
+
+    def _tokens(self, layout: Layout, request: GenerationRequest, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        L2IAdapter.check_layout(self, layout)  # kinds and count; _inputs checks the rest
+        inputs = self._inputs(layout, height=request.height, width=request.width, seed=seed)
         cond, uncond = self.grounding_tokens(inputs)
-        b = request.batch_size
-        state.add(InstanceTokens(cond=cond.expand(b, -1, -1), uncond=uncond.expand(b, -1, -1), profile=inputs.profile))
+        return cond, uncond, inputs.profile
 
     def unet_kwargs(self, state: UNetState, branches: tuple[Branch, ...], step: StepInfo) -> dict[str, Any]:
         set_grounding(self.unet, step.index < int(self.options.grounding_fraction * step.num_steps))

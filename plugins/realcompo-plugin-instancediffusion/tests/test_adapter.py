@@ -240,3 +240,16 @@ def test_cli_generate_reports_bad_input_without_a_traceback(folders, tmp_path, c
         assert main(["generate", str(path), "--model", str(folders["id"]), "-o", str(out)]) == 1
         assert message in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_a_mixed_batch_gives_each_sample_its_own_grounding_tokens(adapter) -> None:
+    layouts = [Layout(prompt=PROMPT, objects=LAYOUTS["box"]), Layout(prompt=PROMPT, objects=LAYOUTS["scribble"])]
+    h, w = adapter.latent_spec.default_resolution
+    mixed = GenerationRequest(prompt=layouts[0].prompt, negative_prompt="", layout=layouts[0], batch_size=2,
+                              height=h, width=w, num_steps=4, seed=5, prompts=tuple(lay.prompt for lay in layouts),
+                              layouts=tuple(layouts), seeds=(5, 9))
+    tokens = adapter.prepare(mixed).get(InstanceTokens)
+    for b, (layout, seed) in enumerate(zip(layouts, (5, 9))):
+        alone = adapter.prepare(request(adapter, layout, seed)).get(InstanceTokens)
+        assert torch.allclose(tokens.cond[b], alone.cond[0]) and torch.allclose(tokens.uncond[b], alone.uncond[0])
+    assert not torch.allclose(tokens.cond[0], tokens.cond[1])
