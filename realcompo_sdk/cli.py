@@ -298,8 +298,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from .ui.app import serve
 
     _library_output(progress=True, verbose=False)
-    print(f"realcompo ui on http://{args.host}:{args.port or 7860} (Ctrl-C stops it)")
-    serve(host=args.host, port=args.port, share=args.share, block=True)
+    app = serve(host=args.host, port=args.port, share=args.share)
+    print(f"realcompo ui on {app.local_url}" + (f" and {app.share_url}" if args.share else "") + " (Ctrl-C stops it)")
+    app.block_thread()
     return 0
 
 

@@ -88,7 +88,7 @@ def server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = serve(port=port, block=False)
+    app = serve(port=port)
     yield f"http://127.0.0.1:{port}/"
     app.close()
 

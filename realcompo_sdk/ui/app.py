@@ -215,9 +215,11 @@ def _enlarged(image: Any, size: int = 256) -> Any:
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
-def serve(host: str = "127.0.0.1", port: int | None = None, share: bool = False, block: bool = True) -> Any:
+def serve(host: str = "127.0.0.1", port: int | None = None, share: bool = False) -> Any:
+    """Start the app in a background thread and return it (`app.local_url`, `app.block_thread()`,
+    `app.close()`)."""
     app = build_app()
     app.queue(default_concurrency_limit=1)  # one generation at a time: the models are shared
-    app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=not block,
+    app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
                ssr_mode=False, show_error=True, inbrowser=False)
     return app
