@@ -145,3 +145,16 @@ def test_the_environment_never_prints_a_traceback(tiny_registry, monkeypatch, ca
     monkeypatch.setattr(cli, handler, interrupted)
     assert main(command) == code
     assert capsys.readouterr().err == stderr
+
+
+def test_optional_extras_missing_are_one_line_with_the_install_command(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if `realcompo-sdk[ui]` were not installed
+    assert main(["ui"]) == 2
+    assert "pip install 'realcompo-sdk[ui]'" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)
+    jobs = tmp_path / "prompts.txt"
+    jobs.write_text("a red circle\n")
+    assert main(["batch", str(jobs), "-o", str(tmp_path / "out"), "--engine", "ray", "--steps", "2", "--no-progress"]) == 2
+    assert "pip install 'realcompo-sdk[ray]'" in capsys.readouterr().err
