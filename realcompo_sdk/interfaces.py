@@ -23,7 +23,8 @@ from .layout import Layout, RegionKind
 if TYPE_CHECKING:
     import torch
 
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
+# "flow": flow matching (SD3, Flux), the model predicts the velocity noise - x0 along x_t = (1-σ)x0 + σ·noise
+PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
 Branch = Literal["cond", "uncond"]
 
 

@@ -39,6 +39,17 @@ def scheduler_lookahead(scheduler: Any, noise: torch.Tensor, timestep: Any, late
     return scheduler_step(copy.deepcopy(scheduler), noise, timestep, latents, _copy_generators(generators))
 
 
+def model_input(scheduler: Any, latents: torch.Tensor, timestep: Any) -> torch.Tensor:
+    """`scheduler.scale_model_input`, for schedulers that scale (Euler); flow-matching ones do not."""
+    scale = getattr(scheduler, "scale_model_input", None)
+    return latents if scale is None else scale(latents, timestep)
+
+
+def initial_sigma(scheduler: Any) -> float:
+    """How much to scale unit noise to start: `init_noise_sigma`, 1 for flow matching."""
+    return float(getattr(scheduler, "init_noise_sigma", 1.0))
+
+
 def ddim_lookahead(scheduler: Any, noise: torch.Tensor, timestep: Any, latents: torch.Tensor) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) step to the next timestep, as the official layout variant does."""
     alphas = getattr(scheduler, "alphas_cumprod", None)

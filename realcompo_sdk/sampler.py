@@ -22,7 +22,7 @@ import torch
 
 from .balancer import BalanceOptions, batch_regions, compose, initial_logits, region_loss
 from .interfaces import DiffusionAdapter, GenerationRequest, StepInfo
-from .lookahead import lookahead, scheduler_step
+from .lookahead import initial_sigma, lookahead, model_input, scheduler_step
 
 
 @dataclass
@@ -67,7 +67,7 @@ def initial_latents(problem: BalancedProblem) -> torch.Tensor:
     shape = (spec.channels, req.height // spec.vae_scale_factor, req.width // spec.vae_scale_factor)
     noise = [torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in problem.generators]
     latents = torch.stack(noise).to(adapter.device, working_dtype(problem.adapters))
-    return latents * problem.scheduler.init_noise_sigma
+    return latents * initial_sigma(problem.scheduler)
 
 
 def attention_resolution(problem: BalancedProblem, latent_h: int) -> int:
@@ -95,7 +95,7 @@ def balanced_sample(problem: BalancedProblem, *, record_influence: bool = False,
         step = StepInfo(index=i, num_steps=n, timestep=t)
         mixing = i >= warmup
         updating = opts.updates_at(i, n)
-        model_in = sched.scale_model_input(latents, t)
+        model_in = model_input(sched, latents, t)
 
         # noise: CFG for what is mixed (or feeds a guided look-ahead), cond-only for a cond look-ahead
         cfg_needed = set(range(len(adapters))) if mixing or (updating and opts.lookahead_noise == "guided") else set(l2i)
@@ -112,7 +112,7 @@ def balanced_sample(problem: BalancedProblem, *, record_influence: bool = False,
             logits = logits.detach().requires_grad_(True)
             look_noise = [preds[k].cond if opts.lookahead_noise == "cond" else preds[k].guided for k in range(len(adapters))]
             x_prime = lookahead(opts.lookahead, sched, compose(look_noise, logits), t, latents, problem.generators)
-            x_prime_in = sched.scale_model_input(x_prime, t)
+            x_prime_in = model_input(sched, x_prime, t)
             loss = 0.0
             for k in grad_adapters:
                 maps = adapters[k].attention_probs(x_prime_in, step, problem.states[k], problem.token_groups[k], resolution)
@@ -143,7 +143,7 @@ def plain_sample(adapter: DiffusionAdapter, state: Any, problem: BalancedProblem
     sched.set_timesteps(problem.request.num_steps, device=latents.device)
     for i, t in enumerate(sched.timesteps):
         step = StepInfo(index=i, num_steps=len(sched.timesteps), timestep=t)
-        pred = adapter.predict_noise(sched.scale_model_input(latents, t), step, state, guidance_scale=problem.guidance_scale)
+        pred = adapter.predict_noise(model_input(sched, latents, t), step, state, guidance_scale=problem.guidance_scale)
         latents = scheduler_step(sched, pred.guided, t, latents, problem.generators)
         if callback is not None:
             callback(i)

@@ -365,7 +365,8 @@ def latent_spec_from(vae_config: Any, unet_config: Any, scheduler_config: dict[s
         channels=unet_config.out_channels,
         vae_scale_factor=vae_factor,
         scaling_factor=float(vae_config.scaling_factor),
-        prediction_type=scheduler_config.get("prediction_type", "epsilon"),
+        prediction_type="flow" if str(scheduler_config.get("_class_name", "")).startswith("FlowMatch")
+        else scheduler_config.get("prediction_type", "epsilon"),
         default_resolution=(size * vae_factor, size * vae_factor),
         family=family,
         resolution_multiple=vae_factor * unet_factor,

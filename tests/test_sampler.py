@@ -215,3 +215,35 @@ def test_float64_run_matches_the_reference_loop_to_float64_precision(switch):
     assert fast32.dtype == torch.float32
     # same seeds, same starting noise: the float32 run is the float64 one up to float32 rounding
     assert 0 < float((fast32.double() - fast).abs().max()) < 1e-2
+
+
+@pytest.mark.parametrize("switch", ["paper", "random_init", "cond_lookahead", "detach_t2i", "window"])
+def test_flow_matching_sampling_matches_the_reference_loop(switch):
+    """SD3 and Flux sample with FlowMatchEulerDiscreteScheduler (no input scaling, no init sigma,
+    float timesteps): the balancer and its scheduler look-ahead must be as exact there."""
+    flow = [TinyT2IAdapter(seed=0, prediction_type="flow"), TinyL2IAdapter(seed=1, prediction_type="flow")]
+    assert flow[0].latent_spec.prediction_type == "flow"
+    assert type(flow[0].make_scheduler()).__name__ == "FlowMatchEulerDiscreteScheduler"
+    options = BalanceOptions(scale_factor=1e4, t0=2, attention_resolution=8, **SWITCHES[switch])
+    fast = balanced_sample(make_problem(flow, options, scheduler=None)).latents
+    ref = reference_sample(make_problem(flow, options, scheduler=None))
+    plain = balanced_sample(make_problem(flow, options.model_copy(update={"scale_factor": 0.0}), scheduler=None)).latents
+    assert (fast - ref).abs().max() <= 1e-4
+    assert (fast - plain).abs().max() > 1e-3
+
+
+def test_the_ddim_lookahead_refuses_a_flow_matching_scheduler():
+    from realcompo_sdk.errors import RealCompoError
+
+    flow = [TinyT2IAdapter(seed=0, prediction_type="flow"), TinyL2IAdapter(seed=1, prediction_type="flow")]
+    options = BalanceOptions(scale_factor=1e4, t0=0, attention_resolution=8, lookahead="ddim")
+    with pytest.raises(RealCompoError, match="lookahead='scheduler'"):
+        balanced_sample(make_problem(flow, options, scheduler=None))
+
+
+def test_flow_and_epsilon_models_are_not_balanced_together():
+    from realcompo_sdk import RealCompo
+    from realcompo_sdk.errors import IncompatibleAdaptersError
+
+    with pytest.raises(IncompatibleAdaptersError, match="prediction_type is 'flow'.*'epsilon'"):
+        RealCompo(t2i=TinyT2IAdapter(seed=0, prediction_type="flow"), l2i=TinyL2IAdapter(seed=1), planner=None)

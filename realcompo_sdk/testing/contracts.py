@@ -93,7 +93,7 @@ class _AdapterContract:
         spec = adapter.latent_spec
         assert isinstance(spec, LatentSpec)
         assert spec.channels > 0 and spec.vae_scale_factor > 0 and spec.scaling_factor > 0
-        assert spec.prediction_type in {"epsilon", "v_prediction", "sample"}
+        assert spec.prediction_type in {"epsilon", "v_prediction", "sample", "flow"}
         h, w = spec.default_resolution
         assert h % spec.resolution_multiple == 0 and w % spec.resolution_multiple == 0
 

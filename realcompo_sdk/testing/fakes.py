@@ -41,7 +41,12 @@ class _TinyBase(UNetAdapter):
         tokenizer = tiny_tokenizer()
         unet = tiny_unet(opts.seed, in_channels=self.in_channels)
         self.vae = tiny_vae(opts.seed)
-        scheduler_config = {**tiny_scheduler_config(), "prediction_type": opts.prediction_type}
+        if opts.prediction_type == "flow":  # flow matching, as SD3 and Flux sample
+            from diffusers import FlowMatchEulerDiscreteScheduler
+
+            scheduler_config = {"_class_name": "FlowMatchEulerDiscreteScheduler", **FlowMatchEulerDiscreteScheduler(shift=1.0).config}
+        else:
+            scheduler_config = {**tiny_scheduler_config(), "prediction_type": opts.prediction_type}
         device = torch.device("cpu" if opts.device == "auto" else opts.device)
         dtype = torch.float32 if opts.dtype == "auto" else getattr(torch, opts.dtype)
         spec = latent_spec_from(self.vae.config, unet.config, scheduler_config, family="tiny")

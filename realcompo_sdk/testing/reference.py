@@ -13,7 +13,7 @@ import torch
 
 from ..balancer import batch_regions, compose, initial_logits, region_loss
 from ..interfaces import StepInfo
-from ..lookahead import lookahead, scheduler_step
+from ..lookahead import lookahead, model_input, scheduler_step
 from ..sampler import BalancedProblem, attention_resolution, initial_latents
 
 
@@ -39,7 +39,7 @@ def reference_sample(problem: BalancedProblem) -> torch.Tensor:
     for i, t in enumerate(sched.timesteps):
         step = StepInfo(index=i, num_steps=n, timestep=t)
         mixing = i >= opts.warmup_steps(n)
-        model_in = sched.scale_model_input(latents, t)
+        model_in = model_input(sched, latents, t)
         if opts.updates_at(i, n):
             noises = []
             for adapter, state in zip(adapters, problem.states):
@@ -47,7 +47,7 @@ def reference_sample(problem: BalancedProblem) -> torch.Tensor:
                 noises.append(cond if opts.lookahead_noise == "cond" else guided)
             leaves = [c.detach().requires_grad_(True) for c in logits]
             x_prime = lookahead(opts.lookahead, sched, compose(noises, torch.stack(leaves)), t, latents, problem.generators)
-            x_prime_in = sched.scale_model_input(x_prime, t)
+            x_prime_in = model_input(sched, x_prime, t)
             loss = 0.0
             for k, (adapter, state) in enumerate(zip(adapters, problem.states)):
                 maps = adapter.attention_probs(x_prime_in, step, state, problem.token_groups[k], resolution, stop_early=False)
