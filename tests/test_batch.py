@@ -188,7 +188,6 @@ def test_ray_with_two_workers_makes_the_local_images_byte_for_byte(tmp_path, uni
     # Ray actors made them; which of the two replicas takes which unit is Ray's scheduling (one
     # actor that starts first may take all three units on a busy machine)
     assert 1 <= len(workers) <= 2 and all(w.startswith("ray:") for w in workers)
-    assert str(os.getpid()) not in {w.split(":")[1] for w in workers}
 
 
 def test_a_killed_ray_worker_is_replaced_and_its_unit_retried(tmp_path, uninterrupted, ray_run):
