@@ -368,7 +368,8 @@ class RealCompo:
         return _Run(images=_to_pil(self.t2i.decode(latents)), latents=latents, influence=influence, passes=passes,
                     prompts=prompts, layouts=layouts, seeds=seeds, positions=positions, mode=mode, height=height,
                     width=width, steps=steps, guidance=guidance, scheduler=type(scheduler).__name__, balance=balance,
-                    negative_prompt=settings.negative_prompt)
+                    negative_prompt=settings.negative_prompt, adapters=[a.describe() for a in self.adapters],
+                    versions=environment_versions())
 
     def _record(self, run: _Run, b: int, *, seeds: list[int], positions: dict[str, list[list[int]]],
                 started: float) -> GenerationRecord:
@@ -376,9 +377,8 @@ class RealCompo:
             prompt=run.prompts[b], negative_prompt=run.negative_prompt, layout=run.layouts[b], mode=run.mode,
             seeds=seeds, height=run.height, width=run.width, num_steps=run.steps, guidance_scale=run.guidance,
             scheduler=run.scheduler, balance=run.balance.model_dump(mode="json"),
-            adapters=[a.describe() for a in self.adapters],
-            planner=self.planner.describe() if self.planner is not None else None,
-            token_positions=positions, passes=run.passes, versions=environment_versions(),
+            adapters=run.adapters, planner=self.planner.describe() if self.planner is not None else None,
+            token_positions=positions, passes=run.passes, versions=run.versions,
             seconds=round(time.perf_counter() - started, 3),
         )
 
@@ -403,6 +403,8 @@ class _Run:
     scheduler: str
     balance: BalanceOptions
     negative_prompt: str
+    adapters: list[dict[str, Any]]  # what each adapter says of itself, once per batch
+    versions: dict[str, str]  # read once per batch: scanning installed distributions takes ~30 ms
 
 
 @dataclass(frozen=True)

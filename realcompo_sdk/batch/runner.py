@@ -81,7 +81,7 @@ def run_batch(options: BatchOptions, model: ModelConfig, log: Callable[[str], No
 def _stages(options: BatchOptions, model: ModelConfig, jobs: list[Job], invalid: list[InvalidJob], store: OutputStore,
             summary: BatchSummary, started: float, log: Callable[[str], None]) -> None:
     previous = store.records()
-    done = store.done_keys()
+    done = store.done_keys(previous)
     for bad in invalid:
         _fail(summary, store, previous, {"status": "invalid", "line": bad.line, "error": bad.error}, log, options)
     summary.seconds["validate"] = time.perf_counter() - started

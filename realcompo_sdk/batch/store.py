@@ -51,10 +51,10 @@ class OutputStore:
     def close(self) -> None:
         self._lock.close()  # releases the lock
 
-    def done_keys(self) -> set[str]:
-        """Keys with an "ok" manifest line whose image exists."""
+    def done_keys(self, records: list[dict[str, Any]] | None = None) -> set[str]:
+        """Keys with an "ok" manifest line whose image exists (from `records` when already read)."""
         done = set()
-        for record in self.records():
+        for record in self.records() if records is None else records:
             if record.get("status") == "ok" and record.get("file") and (self.root / record["file"]).is_file():
                 done.add(record["key"])
         return done

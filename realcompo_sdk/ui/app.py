@@ -32,6 +32,10 @@ class Session:
         self.key: str | None = None
         self.rc: Any = None
 
+    def models(self, t2i: str, l2i: str, t2i_form: dict[str, Any], l2i_form: dict[str, Any]) -> Any:
+        """The RealCompo for these adapters and the options changed in their forms."""
+        return self.get(t2i, l2i, changed_options("t2i", t2i, t2i_form), changed_options("l2i", l2i, l2i_form))
+
     def get(self, t2i: str, l2i: str, t2i_options: dict[str, Any], l2i_options: dict[str, Any]) -> Any:
         from ..compose import RealCompo
 
@@ -41,6 +45,11 @@ class Session:
             self.rc = RealCompo(t2i=t2i, l2i=l2i, planner=None, t2i_options=t2i_options, l2i_options=l2i_options)
             self.key = key
         return self.rc
+
+
+def edited_layout(boxes: Any, prompt: str, previous: dict | None) -> Layout:
+    """The layout in the editor; `previous` (the planned or uploaded one) keeps untouched regions."""
+    return from_annotation(boxes, prompt, Layout.model_validate(previous) if previous else None)
 
 
 def _options_form(gr: Any, kind: str, dropdown: Any, values: Any) -> None:
@@ -110,7 +119,7 @@ def build_app(session: Session | None = None) -> Any:
 
     @errors
     def export_layout(boxes: Any, prompt: str, previous: dict | None) -> str:
-        layout = from_annotation(boxes, prompt, Layout.model_validate(previous) if previous else None)
+        layout = edited_layout(boxes, prompt, previous)
         path = Path(tempfile.mkdtemp(prefix="realcompo-ui-")) / "layout.json"
         path.write_text(layout.model_dump_json(indent=2), encoding="utf-8")
         return str(path)
@@ -121,8 +130,8 @@ def build_app(session: Session | None = None) -> Any:
                  progress: Any = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - Gradio's way to ask for a bar
         from ..images import layout_overlay, png_bytes
 
-        layout = from_annotation(boxes, prompt, Layout.model_validate(previous) if previous else None)
-        rc = session.get(t2i, l2i, changed_options("t2i", t2i, t2i_opts), changed_options("l2i", l2i, l2i_opts))
+        layout = edited_layout(boxes, prompt, previous)
+        rc = session.models(t2i, l2i, t2i_opts, l2i_opts)
         bar = progress.tqdm(range(int(steps)), desc="denoising", unit="step")
         ticks = iter(bar)
 
@@ -143,8 +152,8 @@ def build_app(session: Session | None = None) -> Any:
     @errors
     def compare(boxes: Any, prompt: str, previous: dict | None, t2i: str, l2i: str, t2i_opts: dict, l2i_opts: dict,
                 seed: float, steps: float, guidance: float) -> list[tuple[Any, str]]:
-        layout = from_annotation(boxes, prompt, Layout.model_validate(previous) if previous else None)
-        rc = session.get(t2i, l2i, changed_options("t2i", t2i, t2i_opts), changed_options("l2i", l2i, l2i_opts))
+        layout = edited_layout(boxes, prompt, previous)
+        rc = session.models(t2i, l2i, t2i_opts, l2i_opts)
         kwargs = {"layout": layout, "seed": int(seed), "num_steps": int(steps), "guidance_scale": float(guidance)}
         return [(_enlarged(rc(**kwargs, mode=mode).images[0]), caption) for mode, caption in
                 (("balanced", "RealCompo (balanced)"), ("t2i", f"{t2i} alone"), ("l2i", f"{l2i} alone"))]
