@@ -117,6 +117,12 @@ def test_unknown_adapters_fail_before_any_job_runs(tmp_path):
     with pytest.raises(RealCompoError, match="glign"):
         run_batch(options, ModelConfig(t2i="shapes-sd", l2i=["glign"]))
     assert not (tmp_path / "out").exists()
+    for bad, message in (({"batch_size": 0}, "at least 1"), ({"workers": 0}, "at least 1"),
+                         ({"gpus_per_worker": -1}, "0 or more")):
+        with pytest.raises(RealCompoError, match=message):
+            run_batch(BatchOptions(jobs=options.jobs, output=tmp_path / "out", progress=False, **bad),
+                      ModelConfig(t2i="shapes-sd", l2i=["shapes-controlnet"]))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,8 @@ def run_batch(options: BatchOptions, model: ModelConfig, log: Callable[[str], No
     started = time.perf_counter()
     if options.batch_size < 1 or options.workers < 1:
         raise RealCompoError("--batch-size and --workers must be at least 1")
+    if not options.gpus_per_worker >= 0:  # also NaN
+        raise RealCompoError(f"--gpus-per-worker must be 0 or more (a fraction shares a GPU), got {options.gpus_per_worker}")
     jobs, invalid = read_jobs(options.jobs, options.seeds)
     _check_models(model)
     store = OutputStore(options.output)
