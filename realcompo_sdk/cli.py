@@ -298,7 +298,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from .ui.app import serve
 
     _library_output(progress=True, verbose=False)
-    app = serve(host=args.host, port=args.port, share=args.share)
+    try:
+        app = serve(host=args.host, port=args.port, share=args.share)
+    except OSError as exc:  # Gradio's "Cannot find empty port", or an address this machine does not have
+        where = f"{args.host}:{args.port}" if args.port else args.host
+        raise RealCompoError(f"realcompo ui cannot listen on {where} ({str(exc).split('.')[0]}); choose another "
+                             "--port, or leave --port out to take the next free one from 7860") from None
     print(f"realcompo ui on {app.local_url}" + (f" and {app.share_url}" if args.share else "") + " (Ctrl-C stops it)")
     app.block_thread()
     return 0

@@ -158,3 +158,16 @@ def test_optional_extras_missing_are_one_line_with_the_install_command(tmp_path,
     jobs.write_text("a red circle\n")
     assert main(["batch", str(jobs), "-o", str(tmp_path / "out"), "--engine", "ray", "--steps", "2", "--no-progress"]) == 2
     assert "pip install 'realcompo-sdk[ray]'" in capsys.readouterr().err
+
+
+def test_ui_on_a_port_in_use_is_one_clear_error(capsys):
+    pytest.importorskip("gradio")
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["ui", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err and "Traceback" not in err
