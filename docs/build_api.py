@@ -42,6 +42,12 @@ SECTIONS: list[tuple[str, str, list[tuple[str, list[str]]]]] = [
         ("realcompo_sdk.tokens", ["align_phrases"]),
         ("realcompo_sdk.balancer", ["region_masks"]),
     ]),
+    ("Building on diffusers MMDiT transformers", "SD3 / Flux-style models: joint attention, flow matching, distilled guidance.", [
+        ("realcompo_sdk.mmdit_adapter", ["MMDiTAdapter", "MMDiTOptions", "GuidanceInput", "default_attention_blocks",
+                                         "latent_spec_for_transformer", "resolution_shift"]),
+        ("realcompo_sdk.joint_attention", ["JointAttentionCapture", "text_attention", "sd3_queries_keys",
+                                           "flux_queries_keys"]),
+    ]),
     ("Plugins", "Hooks a plugin implements; see plugins.md for entry points and discovery.", [
         ("realcompo_sdk.hookspecs", ["Register", "register_t2i_adapters", "register_l2i_adapters",
                                      "register_layout_planners"]),

@@ -130,13 +130,13 @@ def check_compatible(t2i: DiffusionAdapter, l2is: list[DiffusionAdapter], height
         if height % m or width % m:
             raise IncompatibleAdaptersError(
                 f"resolution {width}x{height} is not a multiple of {m} required by {_label(adapter)} "
-                f"(VAE factor x UNet downsampling); try {width // m * m or m}x{height // m * m or m}."
+                f"(VAE factor x UNet downsampling or patch size); try {width // m * m or m}x{height // m * m or m}."
             )
 
 
 def _spec_mismatch(label_a: str, name_a: str, a: LatentSpec, label_b: str, name_b: str, b: LatentSpec) -> str | None:
     """Why two adapters cannot be balanced (the first latent fact that differs), or None."""
-    for field_name in ("channels", "vae_scale_factor", "scaling_factor", "prediction_type"):
+    for field_name in ("channels", "vae_scale_factor", "scaling_factor", "shift_factor", "prediction_type"):
         va, vb = getattr(a, field_name), getattr(b, field_name)
         same = abs(va - vb) <= 1e-6 * max(abs(va), 1.0) if isinstance(va, float) else va == vb
         if not same:
@@ -344,18 +344,19 @@ class RealCompo:
         token_groups = [[groups + [[0]] * (most - len(groups)) for groups in per_adapter] for per_adapter in aligned]
 
         batch = len(prompts)
+        guidance = self.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
         request = GenerationRequest(
             prompt=prompts[0], negative_prompt=settings.negative_prompt, layout=layouts[0], batch_size=batch,
             height=height, width=width, num_steps=steps, seed=seeds[0],
             prompts=tuple(prompts) if mixed else (), layouts=tuple(layouts) if mixed else (),
-            seeds=tuple(seeds) if seeds != [seeds[0] + b for b in range(batch)] else ())
+            seeds=tuple(seeds) if seeds != [seeds[0] + b for b in range(batch)] else (), guidance_scale=guidance)
         device = self.t2i.device
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         scheduler = self.t2i.make_scheduler(self.scheduler_name)
         states = [a.prepare(request) for a in self.adapters]
-        guidance = self.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
         problem = BalancedProblem(adapters=self.adapters, states=states, token_groups=token_groups, request=request,
-                                  scheduler=scheduler, generators=generators, guidance_scale=guidance, options=balance)
+                                  scheduler=scheduler, generators=generators, guidance_scale=guidance, options=balance,
+                                  timestep_kwargs=self.t2i.timestep_kwargs(height, width, steps))
         callback = _progress_callback(progress, steps)
         influence: list[Any] = []
         passes: dict[str, int] = {}

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 # "flow": flow matching (SD3, Flux), the model predicts the velocity noise - x0 along x_t = (1-σ)x0 + σ·noise
 PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
 Branch = Literal["cond", "uncond"]
+# "cfg": classifier-free guidance, an unconditional branch mixed as uncond + s·(cond − uncond).
+# "distilled": the model was trained to read the guidance scale as an input (Flux-dev) or needs none
+# (Flux-schnell); one conditional forward gives the guided noise and there is no unconditional branch.
+GuidanceKind = Literal["cfg", "distilled"]
 
 
 class AdapterOptions(BaseModel):
@@ -44,8 +48,10 @@ class LatentSpec:
     prediction_type: PredictionType
     default_resolution: tuple[int, int]  # (height, width) in pixels
     family: str = "unknown"  # e.g. "sd1", "sd2", "sdxl": informational, used in error messages
-    # a resolution must be a multiple of this (VAE factor x UNet downsampling)
+    # a resolution must be a multiple of this (VAE factor x UNet downsampling, or x patch size)
     resolution_multiple: int = 64
+    # latents are (z - shift_factor) * scaling_factor (SD3 and Flux VAEs shift; SD1/SDXL do not)
+    shift_factor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,9 @@ class GenerationRequest:
     prompts: tuple[str, ...] = ()
     layouts: tuple[Layout, ...] = ()
     seeds: tuple[int, ...] = ()
+    # The sampler's guidance scale, for models that read it as an input (guidance-distilled Flux-dev)
+    # rather than mixing branches; None when the caller did not say (adapters use their default).
+    guidance_scale: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("prompts", "layouts", "seeds"):
@@ -129,6 +138,9 @@ class DiffusionAdapter(ABC):
     # `sample_layouts()`: RealCompo then batches different prompts and layouts in one forward.
     # False (the safe default): such adapters get requests whose samples share prompt and layout.
     mixed_batches: ClassVar[bool] = False
+    # How this model is guided. A "distilled" adapter is only ever asked for ``branches=("cond",)``:
+    # the sampler takes that output as the guided noise instead of running an unconditional pass.
+    guidance: ClassVar[GuidanceKind] = "cfg"
 
     def __init__(self, **options: Any) -> None:
         self.options = self.Options(**options)
@@ -156,6 +168,11 @@ class DiffusionAdapter(ABC):
         """A fresh diffusers scheduler for this model (its own config), optionally by short name
         (``"ddim"``, ``"pndm"``, ``"euler"``, ``"dpm"``...)."""
 
+    def timestep_kwargs(self, height: int, width: int, num_steps: int) -> dict[str, Any]:
+        """Extra keyword arguments of the scheduler's `set_timesteps` for an image of that size:
+        none by default; Flux's resolution-dependent shift passes ``mu`` and its ``sigmas`` here."""
+        return {}
+
     @abstractmethod
     def prepare(self, request: GenerationRequest) -> Any:
         """Encode prompt and negative prompt (and, for L2I, the layout) once per request.
@@ -179,6 +196,8 @@ class DiffusionAdapter(ABC):
         ``uncond + guidance_scale * (cond - uncond)``. With ``("cond",)`` only the conditional
         branch runs. With ``("uncond",)`` only the unconditional branch runs; it is returned in
         `cond`'s slot (used by the reference loop, which runs branches separately).
+        A ``guidance = "distilled"`` adapter accepts ``("cond",)`` only and returns the guided
+        noise (the scale is a model input) in `cond` and `guided` both.
         """
 
     @abstractmethod

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .balancer import BalanceOptions, batch_regions, compose, initial_logits, region_loss
-from .interfaces import DiffusionAdapter, GenerationRequest, StepInfo
+from .interfaces import DiffusionAdapter, GenerationRequest, NoisePrediction, StepInfo
 from .lookahead import initial_sigma, lookahead, model_input, scheduler_step
 
 
@@ -39,6 +39,8 @@ class BalancedProblem:
     generators: list[torch.Generator]
     guidance_scale: float
     options: BalanceOptions
+    # extra `set_timesteps` arguments from the T2I adapter (`DiffusionAdapter.timestep_kwargs`)
+    timestep_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def l2i_indices(self) -> list[int]:
@@ -70,6 +72,21 @@ def initial_latents(problem: BalancedProblem) -> torch.Tensor:
     return latents * initial_sigma(problem.scheduler)
 
 
+def set_timesteps(problem: BalancedProblem, device: torch.device) -> int:
+    """Set the scheduler's timesteps for the request; returns their number (PNDM's PRK warm-up adds some)."""
+    problem.scheduler.set_timesteps(problem.request.num_steps, device=device, **problem.timestep_kwargs)
+    return len(problem.scheduler.timesteps)
+
+
+def guided_noise(adapter: DiffusionAdapter, latents: torch.Tensor, step: StepInfo, state: Any, scale: float) -> NoisePrediction:
+    """The guided noise of one adapter: a batched CFG pass, or a guidance-distilled model's single
+    conditional forward (its output is already guided; there is no unconditional branch to run)."""
+    if adapter.guidance == "distilled":
+        pred = adapter.predict_noise(latents, step, state, guidance_scale=scale, branches=("cond",))
+        return NoisePrediction(cond=pred.cond, guided=pred.cond, extras=pred.extras)
+    return adapter.predict_noise(latents, step, state, guidance_scale=scale)
+
+
 def attention_resolution(problem: BalancedProblem, latent_h: int) -> int:
     return problem.options.attention_resolution or max(latent_h // 4, 1)
 
@@ -77,11 +94,9 @@ def attention_resolution(problem: BalancedProblem, latent_h: int) -> int:
 def balanced_sample(problem: BalancedProblem, *, record_influence: bool = False,
                     callback: Callable[[int], None] | None = None) -> SampleOutput:
     opts, sched, adapters = problem.options, problem.scheduler, problem.adapters
-    n = problem.request.num_steps
     t2i, l2i = 0, problem.l2i_indices
     latents = initial_latents(problem)
-    sched.set_timesteps(n, device=latents.device)
-    n = len(sched.timesteps)  # PNDM's PRK warm-up adds timesteps
+    n = set_timesteps(problem, latents.device)
     batch, _, lh, lw = latents.shape
     logits = initial_logits(len(adapters), (batch, lh, lw), opts.init, problem.generators, latents.device).to(latents.dtype)
     resolution = attention_resolution(problem, lh)
@@ -102,8 +117,8 @@ def balanced_sample(problem: BalancedProblem, *, record_influence: bool = False,
         preds = {}
         for k, (adapter, state) in enumerate(zip(adapters, problem.states)):
             if k in cfg_needed:
-                preds[k] = adapter.predict_noise(model_in, step, state, guidance_scale=problem.guidance_scale)
-                out.passes["cfg"] += 1
+                preds[k] = guided_noise(adapter, model_in, step, state, problem.guidance_scale)
+                out.passes["cfg" if adapter.guidance == "cfg" else "cond"] += 1
             elif updating:
                 preds[k] = adapter.predict_noise(model_in, step, state, guidance_scale=problem.guidance_scale, branches=("cond",))
                 out.passes["cond"] += 1
@@ -140,10 +155,10 @@ def plain_sample(adapter: DiffusionAdapter, state: Any, problem: BalancedProblem
     """One model alone with CFG (the single-model baselines), same noise and scheduler as balanced."""
     sched = problem.scheduler
     latents = initial_latents(problem)
-    sched.set_timesteps(problem.request.num_steps, device=latents.device)
+    n = set_timesteps(problem, latents.device)
     for i, t in enumerate(sched.timesteps):
-        step = StepInfo(index=i, num_steps=len(sched.timesteps), timestep=t)
-        pred = adapter.predict_noise(model_input(sched, latents, t), step, state, guidance_scale=problem.guidance_scale)
+        step = StepInfo(index=i, num_steps=n, timestep=t)
+        pred = guided_noise(adapter, model_input(sched, latents, t), step, state, problem.guidance_scale)
         latents = scheduler_step(sched, pred.guided, t, latents, problem.generators)
         if callback is not None:
             callback(i)

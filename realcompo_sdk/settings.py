@@ -29,7 +29,7 @@ class SamplingSettings(BaseModel):
     height: int | None = Field(None, ge=8, le=16384, description="pixels; None: the T2I model's default")
     width: int | None = Field(None, ge=8, le=16384, description="pixels; None: the T2I model's default")
     num_steps: int | None = Field(None, ge=1, le=1000, description="denoising steps (the schedulers have 1000)")
-    guidance_scale: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, description="CFG scale; 0 or 1: no guidance")
+    guidance_scale: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, description="CFG scale (1: the conditional prediction alone; for a guidance-distilled model, its guidance input)")
     mode: Literal["balanced", "t2i", "l2i"] = Field("balanced", description="RealCompo, or one model alone")
     negative_prompt: str = ""
 

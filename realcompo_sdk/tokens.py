@@ -20,7 +20,7 @@ indices. Rules:
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .errors import TokenAlignmentError
 
@@ -59,12 +59,15 @@ def _variants(word: str) -> list[str]:
 
 
 def align_phrases(
-    tokenizer: Tokenizer, prompt: str, phrases: list[str], *, append_missing: bool = False
+    tokenizer: Tokenizer, prompt: str, phrases: list[str], *, append_missing: bool = False,
+    beyond_context: Literal["error", "drop"] = "error",
 ) -> tuple[str, list[list[int]]]:
     """Return the prompt (extended when phrases had to be appended) and each phrase's positions.
 
     Positions index the tokenizer's full sequence including the start token, i.e. the rows of the
-    text encoder's output that cross-attention attends to.
+    text encoder's output that cross-attention attends to. A phrase past the encoder's context is
+    an error, or with ``beyond_context="drop"`` gets no positions (for a model that also reads the
+    prompt through a longer encoder, as SD3 reads it through T5 after CLIP's 77 tokens).
     """
     prompt_ids = _ids(tokenizer, prompt, special=True)
     taken: set[int] = set()  # token positions already given to an earlier object
@@ -83,6 +86,9 @@ def align_phrases(
             found = _locate(tokenizer, prompt_ids, phrase, taken)
             assert found is not None
         limit = tokenizer.model_max_length - 1  # the last slot holds the end token
+        if max(found) >= limit and beyond_context == "drop":
+            positions.append([])
+            continue
         if max(found) >= limit:
             raise TokenAlignmentError(
                 f"object {index} ({phrase!r}) sits at token {max(found)}, beyond the text "

@@ -176,14 +176,7 @@ class UNetAdapter(DiffusionAdapter):
         return self._device
 
     def make_scheduler(self, name: str | None = None) -> Any:
-        import diffusers
-
-        config = {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")}
-        class_name = self.scheduler_config.get("_class_name", "DDIMScheduler") if name is None else SCHEDULERS.get(name, name)
-        cls = getattr(diffusers, class_name, None)
-        if cls is None or not hasattr(cls, "from_config"):
-            raise RealCompoError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)} or a diffusers scheduler class name")
-        return cls.from_config(config)
+        return scheduler_from_config(self.scheduler_config, name)
 
     def phrase_token_positions(self, prompt: str, phrases: list[str], *, append_missing: bool = False) -> tuple[str, list[list[int]]]:
         return align_phrases(self.tokenizer, prompt, phrases, append_missing=append_missing)
@@ -264,27 +257,7 @@ class UNetAdapter(DiffusionAdapter):
     def predict_noise(self, latents: torch.Tensor, step: StepInfo, state: UNetState, *, guidance_scale: float,
                       branches: tuple[Branch, ...] = ("uncond", "cond")) -> NoisePrediction:
         out = upcast_half(self.run_unet(latents, step, state, branches))
-        if self.options.check_finite and not bool(torch.isfinite(out).all()):
-            raise NonFiniteNoiseError(self._non_finite_reason(latents, step))
-        parts = dict(zip(branches, out.chunk(len(branches))))
-        if set(branches) == {"uncond", "cond"}:
-            guided = parts["uncond"] + guidance_scale * (parts["cond"] - parts["uncond"])
-            return NoisePrediction(cond=parts["cond"], guided=guided, uncond=parts["uncond"])
-        return NoisePrediction(cond=parts[branches[0]])
-
-    def _non_finite_reason(self, latents: torch.Tensor, step: StepInfo) -> str:
-        """Say who is at fault: the input, half precision, or the weights."""
-        where = f"at step {step.index} (timestep {int(step.timestep)})"
-        if not bool(torch.isfinite(latents).all()):
-            return (f"the latents given to adapter {self.name!r} {where} were already NaN/inf: an earlier step "
-                    "produced them (check the other adapters' dtype, or the balancer options), not this model")
-        if self.dtype == torch.float16:
-            return (f"adapter {self.name!r} predicted NaN/inf noise {where} in float16. Half precision overflows "
-                    "in some models (SDXL's VAE and UNet are known cases): run with dtype='float32' or "
-                    "'bfloat16', or use an fp16-fixed VAE.")
-        return (f"adapter {self.name!r} predicted NaN/inf noise {where} in {str(self.dtype).removeprefix('torch.')}, "
-                "which does not overflow here: its weights or conditioning hold NaN/inf (a corrupt or "
-                "mismatched checkpoint); check the model files.")
+        return split_branches(self, out, latents, step, branches, guidance_scale)
 
     # ---- attention -----------------------------------------------------------------------
     def _block_levels(self) -> list[tuple[str, Any, int]]:
@@ -348,6 +321,48 @@ class UNetAdapter(DiffusionAdapter):
         return (images.float() / 2 + 0.5).clamp(0, 1).cpu()
 
 
+def scheduler_from_config(scheduler_config: dict[str, Any], name: str | None = None) -> Any:
+    """A fresh diffusers scheduler from a model's scheduler config, optionally another class by
+    short name (`SCHEDULERS`) or class name."""
+    import diffusers
+
+    config = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    class_name = scheduler_config.get("_class_name", "DDIMScheduler") if name is None else SCHEDULERS.get(name, name)
+    cls = getattr(diffusers, class_name, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise RealCompoError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)} or a diffusers scheduler class name")
+    return cls.from_config(config)
+
+
+def split_branches(adapter: Any, out: torch.Tensor, latents: torch.Tensor, step: StepInfo,
+                   branches: tuple[Branch, ...], guidance_scale: float) -> NoisePrediction:
+    """A batched model output (len(branches) * B, ...) as a `NoisePrediction`: CFG when both
+    branches ran; NaN/inf is an error naming its likely cause when `options.check_finite`."""
+    # a meta-device dry run has shapes but no values to check
+    if adapter.options.check_finite and out.device.type != "meta" and not bool(torch.isfinite(out).all()):
+        raise NonFiniteNoiseError(non_finite_reason(adapter, latents, step))
+    parts = dict(zip(branches, out.chunk(len(branches))))
+    if set(branches) == {"uncond", "cond"}:
+        guided = parts["uncond"] + guidance_scale * (parts["cond"] - parts["uncond"])
+        return NoisePrediction(cond=parts["cond"], guided=guided, uncond=parts["uncond"])
+    return NoisePrediction(cond=parts[branches[0]])
+
+
+def non_finite_reason(adapter: Any, latents: torch.Tensor, step: StepInfo) -> str:
+    """Say who is at fault for NaN/inf noise: the input, half precision, or the weights."""
+    where = f"at step {step.index} (timestep {float(step.timestep):g})"
+    if not bool(torch.isfinite(latents).all()):
+        return (f"the latents given to adapter {adapter.name!r} {where} were already NaN/inf: an earlier step "
+                "produced them (check the other adapters' dtype, or the balancer options), not this model")
+    if adapter.dtype == torch.float16:
+        return (f"adapter {adapter.name!r} predicted NaN/inf noise {where} in float16. Half precision overflows "
+                "in some models (SDXL's VAE and UNet are known cases): run with dtype='float32' or "
+                "'bfloat16', or use an fp16-fixed VAE.")
+    return (f"adapter {adapter.name!r} predicted NaN/inf noise {where} in {str(adapter.dtype).removeprefix('torch.')}, "
+            "which does not overflow here: its weights or conditioning hold NaN/inf (a corrupt or "
+            "mismatched checkpoint); check the model files.")
+
+
 def place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
     """Move a frozen, eval-mode module; cast only when needed (diffusers warns on any cast)."""
     if next(module.parameters()).dtype != dtype:
@@ -370,4 +385,5 @@ def latent_spec_from(vae_config: Any, unet_config: Any, scheduler_config: dict[s
         default_resolution=(size * vae_factor, size * vae_factor),
         family=family,
         resolution_multiple=vae_factor * unet_factor,
+        shift_factor=float(getattr(vae_config, "shift_factor", None) or 0.0),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .tokenizer_files import write_clip_tokenizer
+from .tokenizer_files import write_clip_tokenizer, write_t5_tokenizer
 
 # Deliberately small. "porcupine" and "hedgehog" are left out so that they split into several
 # tokens, which the token-alignment tests rely on.
@@ -18,7 +18,9 @@ background sitting standing running flying wearing hat scarf
 """.split()
 
 DATA = Path(__file__).parent / "data" / "tiny-clip-tokenizer"
+T5_DATA = Path(__file__).parent / "data" / "tiny-t5-tokenizer"
 
 if __name__ == "__main__":
     write_clip_tokenizer(DATA, WORDS)
-    print(f"wrote {DATA}")
+    write_t5_tokenizer(T5_DATA, WORDS)
+    print(f"wrote {DATA} and {T5_DATA}")

@@ -12,12 +12,20 @@ from typing import Any
 import torch
 
 TOKENIZER_DIR = Path(__file__).parent / "data" / "tiny-clip-tokenizer"
+T5_TOKENIZER_DIR = Path(__file__).parent / "data" / "tiny-t5-tokenizer"
 
 
 def tiny_tokenizer(model_max_length: int = 77) -> Any:
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(TOKENIZER_DIR, model_max_length=model_max_length)
+
+
+def tiny_t5_tokenizer(model_max_length: int = 512) -> Any:
+    """T5 tokenizer (Unigram, "▁" word starts, </s> appended) over the same words as `tiny_tokenizer`."""
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer.from_pretrained(T5_TOKENIZER_DIR, model_max_length=model_max_length)
 
 
 def tiny_unet(seed: int = 0, in_channels: int = 4, cross_attention_dim: int = 32, **overrides: Any) -> Any:
@@ -83,6 +91,53 @@ def tiny_text_encoder(seed: int = 0, hidden_size: int = 32, tokenizer: Any | Non
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return CLIPTextModel(config).eval()
+
+
+def tiny_clip_with_projection(seed: int = 0, hidden_size: int = 16, projection_dim: int = 16,
+                              tokenizer: Any | None = None) -> Any:
+    """CLIP text encoder with the text projection (SDXL's second, SD3's first two encoders)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    tokenizer = tokenizer or tiny_tokenizer()
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        projection_dim=projection_dim,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIPTextModelWithProjection(config).eval()
+
+
+def tiny_t5_encoder(seed: int = 0, d_model: int = 32, tokenizer: Any | None = None) -> Any:
+    """T5 encoder (relative position buckets, no position limit), as SD3's and Flux's T5-XXL."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = tokenizer or tiny_t5_tokenizer()
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_ff=37,
+        d_kv=8,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return T5EncoderModel(config).eval()
 
 
 def tiny_scheduler_config() -> dict[str, Any]:

@@ -75,7 +75,8 @@ class _AdapterContract:
 
     def _step(self, adapter: DiffusionAdapter) -> StepInfo:
         sched = adapter.make_scheduler()
-        sched.set_timesteps(self.steps)
+        h, w = adapter.latent_spec.default_resolution
+        sched.set_timesteps(self.steps, **adapter.timestep_kwargs(h, w, self.steps))
         return StepInfo(index=0, num_steps=self.steps, timestep=sched.timesteps[0])
 
     # the contract ----------------------------------------------------------------------------
@@ -100,6 +101,8 @@ class _AdapterContract:
     def test_guided_noise_equals_cfg_of_separate_branches(self, adapter: DiffusionAdapter) -> None:
         """The batched forward must equal the branches run alone (the reference loop runs them
         alone), and `guided` must be CFG of them, in float32."""
+        if adapter.guidance == "distilled":
+            pytest.skip("guidance-distilled: no unconditional branch (test_distilled_guidance_is_one_forward)")
         state = adapter.prepare(self._request(adapter))
         x, step, s = self._latents(adapter), self._step(adapter), self.guidance_scale
         both = adapter.predict_noise(x, step, state, guidance_scale=s)
@@ -111,6 +114,22 @@ class _AdapterContract:
         assert (both.guided - (uncond + s * (cond - uncond))).abs().max() <= 1e-3
         if both.uncond is not None:  # optional; when given, it must be the unconditional branch
             assert (both.uncond - uncond).abs().max() <= 1e-4
+
+    def test_distilled_guidance_is_one_forward(self, adapter: DiffusionAdapter) -> None:
+        """A guidance-distilled adapter gives the guided noise from one conditional forward and
+        refuses to fake an unconditional branch it does not have."""
+        from ..errors import RealCompoError
+
+        if adapter.guidance != "distilled":
+            pytest.skip("classifier-free guided adapter (test_guided_noise_equals_cfg_of_separate_branches)")
+        state = adapter.prepare(self._request(adapter))
+        x, step = self._latents(adapter), self._step(adapter)
+        pred = adapter.predict_noise(x, step, state, guidance_scale=self.guidance_scale, branches=("cond",))
+        assert pred.cond.shape == x.shape and str(pred.cond.dtype) == "torch.float32"
+        assert pred.guided is not None and (pred.guided - pred.cond).abs().max() == 0
+        for branches in (("uncond", "cond"), ("uncond",)):
+            with pytest.raises(RealCompoError, match="distilled"):
+                adapter.predict_noise(x, step, state, guidance_scale=self.guidance_scale, branches=branches)
 
     def test_attention_maps_are_differentiable_probabilities(self, adapter: DiffusionAdapter) -> None:
         """The balancer's gradient step needs maps in [0, 1] of shape (B, J, r, r') with a

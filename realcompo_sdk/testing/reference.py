@@ -14,10 +14,13 @@ import torch
 from ..balancer import batch_regions, compose, initial_logits, region_loss
 from ..interfaces import StepInfo
 from ..lookahead import lookahead, model_input, scheduler_step
-from ..sampler import BalancedProblem, attention_resolution, initial_latents
+from ..sampler import BalancedProblem, attention_resolution, initial_latents, set_timesteps
 
 
 def _guided(adapter, latents, step, state, scale):  # noqa: ANN001, ANN202
+    if adapter.guidance == "distilled":  # one forward, already guided
+        out = adapter.predict_noise(latents, step, state, guidance_scale=scale, branches=("cond",)).cond
+        return out, out
     cond = adapter.predict_noise(latents, step, state, guidance_scale=scale, branches=("cond",)).cond
     uncond = adapter.predict_noise(latents, step, state, guidance_scale=scale, branches=("uncond",)).cond
     return uncond + scale * (cond - uncond), cond
@@ -25,10 +28,8 @@ def _guided(adapter, latents, step, state, scale):  # noqa: ANN001, ANN202
 
 def reference_sample(problem: BalancedProblem) -> torch.Tensor:
     opts, sched, adapters, s = problem.options, problem.scheduler, problem.adapters, problem.guidance_scale
-    n = problem.request.num_steps
     latents = initial_latents(problem)
-    sched.set_timesteps(n, device=latents.device)
-    n = len(sched.timesteps)  # PNDM's PRK warm-up adds timesteps
+    n = set_timesteps(problem, latents.device)
     batch, _, lh, lw = latents.shape
     logits = list(initial_logits(len(adapters), (batch, lh, lw), opts.init, problem.generators, latents.device)
                   .to(latents.dtype).unbind(0))
