@@ -138,6 +138,10 @@ class _MMDiTControlNet(L2IAdapter):
                   "in_channels": (controlnet.get("in_channels"), transformer.get("in_channels"))}
         if controlnet.get("joint_attention_dim") is not None:
             fields["joint_attention_dim"] = (controlnet.get("joint_attention_dim"), transformer.get("joint_attention_dim"))
+        # SD3-medium and SD3.5-medium share widths; q/k norms and position tables tell them apart
+        for key in ("qk_norm", "pos_embed_max_size"):
+            if key in controlnet and key in transformer:
+                fields[key] = (controlnet[key], transformer[key])
         wrong = {k: v for k, v in fields.items() if v[0] != v[1]}
         if wrong:
             said = "; ".join(f"{k} {a} vs {b}" for k, (a, b) in wrong.items())
@@ -301,8 +305,8 @@ class SD3SegOptions(SD3ControlNetOptions):
 
 
 class FluxPoseOptions(FluxControlNetOptions):
-    controlnet: str = "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro"
-    control_mode: int | None = Field(4, ge=0, description="union control type; 4 is pose for the InstantX/Shakker union nets")
+    controlnet: str = "InstantX/FLUX.1-dev-Controlnet-Union"
+    control_mode: int | None = Field(4, ge=0, description="union control type; 4 is pose for the InstantX union net")
 
 
 class FluxSegOptions(FluxControlNetOptions):

@@ -24,7 +24,8 @@ from .loading import load_pipeline, peek_spec, spec_from_configs
 
 
 class SD3Options(MMDiTOptions):
-    model: str = "stabilityai/stable-diffusion-3.5-medium"
+    # SD3-medium: the public SD3 pose ControlNets (InstantX) fit it, not SD3.5 (see docs/plugins/mmdit.md)
+    model: str = "stabilityai/stable-diffusion-3-medium-diffusers"
     variant: str | None = None  # e.g. "fp16" for hub folders that ship fp16 files
     max_sequence_length: int = Field(256, ge=1, le=512, description="T5 tokens read (diffusers' default 256)")
     t5: bool = Field(True, description="load the T5-XXL encoder (4.7B parameters); False: CLIP tokens only, "

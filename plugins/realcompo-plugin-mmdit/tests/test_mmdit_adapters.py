@@ -364,3 +364,51 @@ def test_guidance_scale_reaches_the_distilled_model(flux_pair):
     low = t2i.predict_noise(x, step, state, guidance_scale=1.0, branches=("cond",)).cond
     high = t2i.predict_noise(x, step, state, guidance_scale=6.0, branches=("cond",)).cond
     assert (low - high).abs().max() > 1e-5
+
+
+def test_sd3_medium_controlnet_on_an_sd35_like_transformer_is_refused():
+    """Same widths, different q/k norms (SD3-medium vs SD3.5): the residuals would add but mean nothing."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from realcompo_sdk.testing.folders_mmdit import tiny_sd3_components, tiny_sd3_transformer
+
+    parts = tiny_sd3_components(0)
+    parts["transformer"] = tiny_sd3_transformer(0, qk_norm="rms_norm")
+    t2i = SD3Adapter(pipeline=StableDiffusion3Pipeline(**parts), model="tiny SD3.5-like", max_sequence_length=SEQ)
+    with pytest.raises(RealCompoError, match="qk_norm None vs rms_norm"):
+        SD3ControlNetSegAdapter.sharing(t2i, controlnet=str(folders()["sd3-cn"]))
+
+
+# ---- precision and batching ---------------------------------------------------------------------
+def test_float64_balanced_sampler_matches_reference_loop_to_float64_precision():
+    t2i = sd3(dtype="float64")
+    adapters = [t2i, SD3ControlNetSegAdapter.sharing(t2i, controlnet=str(folders()["sd3-cn"]))]
+    options = BalanceOptions(scale_factor=1e4, t0=1, attention_resolution=8)
+    fast = balanced_sample(_problem(adapters, LAYOUT, options)).latents
+    ref = reference_sample(_problem(adapters, LAYOUT, options))
+    assert fast.dtype == torch.float64 and (fast - ref).abs().max() <= 1e-12
+
+
+def test_mixed_batch_equals_single_calls(sd3_pair):
+    """Different prompts and layouts in one batch give each sample's single-call image."""
+    from realcompo_sdk import RealCompo
+    from realcompo_sdk.compose import BatchItem
+
+    other = Layout.from_boxes("a green tree above a yellow car", [("green tree", (0.2, 0.0, 0.8, 0.5)), ("yellow car", (0.1, 0.5, 0.9, 1.0))])
+    rc = RealCompo(t2i=sd3_pair[0], l2i=sd3_pair[1], planner=None, num_steps=3, guidance_scale=4.0, balance={"t0": 1})
+    batch = rc.generate_batch([BatchItem(layout=LAYOUT, seed=1), BatchItem(layout=other, seed=2)], height=32, width=32)
+    for item, (layout, seed) in zip(batch, [(LAYOUT, 1), (other, 2)]):
+        single = rc(layout=layout, seed=seed, height=32, width=32).images[0]
+        assert np.abs(_as_array(item.images[0]) - _as_array(single)).max() <= 1
+
+
+def test_flux_mixed_batch_equals_single_calls(flux_pair):
+    from realcompo_sdk import RealCompo
+    from realcompo_sdk.compose import BatchItem
+
+    first, second = pose_layout(), pose_layout("a woman dancing with a man")
+    rc = RealCompo(t2i=flux_pair[0], l2i=flux_pair[1], planner=None, num_steps=3, guidance_scale=3.5, balance={"t0": 1})
+    batch = rc.generate_batch([BatchItem(layout=first, seed=1), BatchItem(layout=second, seed=2)], height=32, width=32)
+    for item, (layout, seed) in zip(batch, [(first, 1), (second, 2)]):
+        single = rc(layout=layout, seed=seed, height=32, width=32).images[0]
+        assert np.abs(_as_array(item.images[0]) - _as_array(single)).max() <= 1
