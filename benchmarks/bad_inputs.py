@@ -71,6 +71,16 @@ def cases(tmp: Path) -> dict[str, list[str]]:
                                 "--l2i-option", f"model={models['gligen']}"],
         "sdxl + sd1 controlnet": ["--t2i", "sdxl", "--t2i-option", f"model={models['sdxl']}", "--l2i", "controlnet-seg",
                                   "--l2i-option", f"controlnet={models['controlnet']}", "--l2i-option", f"base={models['sd']}"],
+        # SD3 / Flux (tiny folders built from configs)
+        "sd3 + gligen (sd1)": ["--t2i", "sd3", "--t2i-option", f"model={models['sd3']}", "--l2i", "gligen",
+                               "--l2i-option", f"model={models['gligen']}"],
+        "flux + sd3 controlnet": ["--t2i", "flux", "--t2i-option", f"model={models['flux']}", "--l2i", "sd3-controlnet-seg",
+                                  "--l2i-option", f"base={models['sd3']}", "--l2i-option", f"controlnet={models['sd3-cn']}"],
+        "sd3 given a flux folder": ["--t2i", "sd3", "--t2i-option", f"model={models['flux']}"],
+        "flux union control_mode 12": ["--t2i", "flux", "--t2i-option", f"model={models['flux']}", "--l2i", "flux-controlnet-seg",
+                                       "--l2i-option", f"controlnet={models['flux-union']}", "--l2i-option", "control_mode=12"],
+        "flux controlnet shared with sd3": ["--t2i", "sd3", "--t2i-option", f"model={models['sd3']}", "--l2i", "flux-controlnet-seg",
+                                            "--l2i-option", f"controlnet={models['flux-union']}", "--l2i-option", "control_mode=2"],
         # prompts and planners
         "empty prompt": ["--prompt-override", ""], "prompt without objects": ["--prompt-override", "hello there"],
         "gpt without a key": ["--planner", "gpt"], "claude without a key": ["--planner", "claude"],
@@ -80,12 +90,21 @@ def cases(tmp: Path) -> dict[str, list[str]]:
 
 def _tiny_model_folders(tmp: Path) -> dict[str, Path]:
     from realcompo_sdk.testing.folders import save_tiny_sd_folder
+    from realcompo_sdk.testing.folders_mmdit import (
+        save_tiny_flux_controlnet_folder,
+        save_tiny_flux_folder,
+        save_tiny_sd3_controlnet_folder,
+        save_tiny_sd3_folder,
+    )
     from realcompo_sdk.testing.folders_xl import save_tiny_controlnet_folder, save_tiny_sdxl_folder
 
     sd = save_tiny_sd_folder(tmp / "tiny-sd")
     return {"sd": sd, "sdxl": save_tiny_sdxl_folder(tmp / "tiny-sdxl"),
             "gligen": save_tiny_sd_folder(tmp / "tiny-gligen", gligen=True),
-            "controlnet": save_tiny_controlnet_folder(tmp / "tiny-controlnet", base=sd)}
+            "controlnet": save_tiny_controlnet_folder(tmp / "tiny-controlnet", base=sd),
+            "sd3": save_tiny_sd3_folder(tmp / "tiny-sd3"), "sd3-cn": save_tiny_sd3_controlnet_folder(tmp / "tiny-sd3-cn"),
+            "flux": save_tiny_flux_folder(tmp / "tiny-flux"),
+            "flux-union": save_tiny_flux_controlnet_folder(tmp / "tiny-flux-union", union=True)}
 
 
 def _command(flags: list[str], out: str) -> list[str]:

@@ -52,8 +52,9 @@ _KIND_TITLES = {"t2i": "T2I adapter", "l2i": "L2I adapter"}
 
 def _check_before_loading(t2i: Any, t2i_options: dict[str, Any] | None, l2i: list[Any], l2i_options: list[Any],
                           planner: Any) -> None:
-    """Unknown ids, invalid adapter options and adapters from different latent spaces fail before
-    any model loads: lookups, the adapters' `Options` and `peek_latent_spec` read no weights."""
+    """Unknown ids, invalid adapter options, files of the wrong kind and adapters from different
+    latent spaces fail before any model loads: lookups, the adapters' `Options`, `check_files` and
+    `peek_latent_spec` read no weights."""
     from . import registry
 
     peeked: list[tuple[str, str, LatentSpec] | None] = []  # (label, id, spec) per adapter, T2I first
@@ -73,6 +74,8 @@ def _check_before_loading(t2i: Any, t2i_options: dict[str, Any] | None, l2i: lis
         except ValidationError as exc:
             what = f"options of {_KIND_TITLES[kind]} {value!r} (see `realcompo plugins` and its docs)"
             raise RealCompoError(format_validation_error(exc, what=what)) from None
+        if hasattr(cls, "check_files"):
+            cls.check_files(parsed)
         spec = cls.peek_latent_spec(parsed) if hasattr(cls, "peek_latent_spec") else None
         if spec is not None:
             peeked[-1] = (f"{_KIND_TITLES[kind]} {value!r}", value, spec)

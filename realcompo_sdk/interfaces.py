@@ -153,6 +153,13 @@ class DiffusionAdapter(ABC):
         seconds instead of after minutes of loading."""
         return None
 
+    @classmethod
+    def check_files(cls, options: AdapterOptions) -> None:
+        """Raise a `RealCompoError` when the local files these options name cannot serve this
+        adapter (a folder of another model kind, a setting its config rules out), reading config
+        files only. `RealCompo` calls it before loading any adapter; the default checks nothing."""
+        return None
+
     @property
     @abstractmethod
     def latent_spec(self) -> LatentSpec:

@@ -31,7 +31,7 @@ from realcompo_sdk.mmdit_adapter import MMDiTOptions
 from realcompo_sdk.unet_adapter import UNetState, place
 
 from .flux import FluxAdapter, FluxModel, load_flux
-from .loading import load_controlnet, peek_spec
+from .loading import check_controlnet_folder, load_controlnet, peek_spec, read_config
 from .sd3 import SD3Adapter, SD3Model, load_sd3
 
 
@@ -82,23 +82,42 @@ class _MMDiTControlNet(L2IAdapter):
         super().__init__(**options)
         opts = self.options
         self._check_options()
+        self.shared = share_with is not None
+        self.base_name = share_with.name if share_with is not None else (opts.base or self.default_base)
+        if controlnet_model is None:  # from local config files first: fail before gigabytes load
+            self._check_configs(self.id, opts, share_with is None)
         if share_with is not None:
             pipe, device, dtype = self._shared_pipeline(share_with)
         else:
             loader = load_sd3 if self.family == "sd3" else load_flux
-            pipe, device, dtype = loader(opts.base or self.default_base, opts, self.id)
+            pipe, device, dtype = loader(self.base_name, opts, self.id)
             place(pipe.vae, device, dtype)
-        self.shared = share_with is not None
-        self.base_name = share_with.name if share_with is not None else (opts.base or self.default_base)
         controlnet = controlnet_model if controlnet_model is not None else \
             load_controlnet(self.family, opts.controlnet, dtype, adapter_id=self.id, variant=opts.controlnet_variant)
-        self._check_pair(dict(controlnet.config), dict(pipe.transformer.config))
-        self._check_mode(dict(controlnet.config))
+        _check_pair(self.id, self.family, opts.controlnet, self.base_name, dict(controlnet.config), dict(pipe.transformer.config))
+        _check_mode(self.id, opts, dict(controlnet.config))
         self._setup_pipeline(pipe, device, dtype)
         self.encoder_vae = pipe.vae  # encodes the control image; an L2I adapter never decodes
         self.controlnet = place(controlnet, device, dtype)
         if getattr(controlnet.config, "use_pos_embed", True) is False:  # SD3.5 large ControlNets borrow the transformer's
             self.controlnet.pos_embed = controlnet._get_pos_embed_from_transformer(pipe.transformer).to(device, dtype)
+
+    @classmethod
+    def check_files(cls, options: Any) -> None:
+        cls._check_configs(cls.id, options, with_base=True)
+
+    @classmethod
+    def _check_configs(cls, adapter_id: str, options: Any, with_base: bool) -> None:
+        """The ControlNet folder's kind and control mode, and (`with_base`) its fit to the base's
+        transformer, from local config files (hub ids are checked once loaded)."""
+        check_controlnet_folder(cls.family, options.controlnet, adapter_id)
+        controlnet = read_config(options.controlnet)
+        if controlnet is None:
+            return
+        _check_mode(adapter_id, options, controlnet)
+        base = read_config(options.base, "transformer") if with_base else None
+        if base is not None:
+            _check_pair(adapter_id, cls.family, options.controlnet, options.base, controlnet, base)
 
     @classmethod
     def sharing(cls, t2i: T2IAdapter, **options: Any) -> _MMDiTControlNet:
@@ -128,38 +147,6 @@ class _MMDiTControlNet(L2IAdapter):
             update = {k: getattr(t2i.options, k) for k in ("t5", "max_sequence_length", "default_size") if k in type(opts).model_fields}
             self.options = opts.model_copy(update=update)
         return t2i.pipe, t2i.device, t2i.dtype
-
-    def _check_pair(self, controlnet: dict[str, Any], transformer: dict[str, Any]) -> None:
-        """A ControlNet fits a transformer of its width, heads and text width; else name both."""
-        def width(c: dict[str, Any]) -> int:
-            return c.get("num_attention_heads", 0) * c.get("attention_head_dim", 0)
-
-        fields = {"width": (width(controlnet), width(transformer)),
-                  "in_channels": (controlnet.get("in_channels"), transformer.get("in_channels"))}
-        if controlnet.get("joint_attention_dim") is not None:
-            fields["joint_attention_dim"] = (controlnet.get("joint_attention_dim"), transformer.get("joint_attention_dim"))
-        # SD3-medium and SD3.5-medium share widths; q/k norms and position tables tell them apart
-        for key in ("qk_norm", "pos_embed_max_size"):
-            if key in controlnet and key in transformer:
-                fields[key] = (controlnet[key], transformer[key])
-        wrong = {k: v for k, v in fields.items() if v[0] != v[1]}
-        if wrong:
-            said = "; ".join(f"{k} {a} vs {b}" for k, (a, b) in wrong.items())
-            raise RealCompoError(f"adapter {self.id!r}: ControlNet {self.options.controlnet} does not fit the {self.family} "
-                                 f"transformer of {self.base_name} ({said}). A ControlNet works only on the model it was "
-                                 "trained for (e.g. SD3-medium ControlNets on SD3-medium, SD3.5-large ones on SD3.5-large).")
-
-    def _check_mode(self, config: dict[str, Any]) -> None:
-        """A union ControlNet needs a control mode it knows; a single-type one takes none. Both
-        mistakes run silently in diffusers (a union net without a mode reads mode 0)."""
-        modes, mode = config.get("num_mode"), getattr(self.options, "control_mode", None)
-        if modes is None and mode is not None:
-            raise RealCompoError(f"adapter {self.id!r}: control_mode={mode} but ControlNet {self.options.controlnet} is not "
-                                 "a union ControlNet (its config has no num_mode); leave control_mode unset")
-        if modes is not None and (mode is None or mode >= modes):
-            raise RealCompoError(f"adapter {self.id!r}: ControlNet {self.options.controlnet} is a union ControlNet with "
-                                 f"{modes} control modes; set control_mode to one of 0..{modes - 1} (its model card "
-                                 f"lists which is which){'' if mode is None else f', not {mode}'}")
 
     # ---- facts ---------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -204,6 +191,41 @@ class _MMDiTControlNet(L2IAdapter):
 
     def control_for(self, state: UNetState, branches: tuple[Branch, ...]) -> torch.Tensor:
         return torch.cat([state.get(ControlLatents).tensor] * len(branches))
+
+
+def _check_pair(adapter_id: str, family: str, controlnet_name: str, base_name: str, controlnet: dict[str, Any],
+                transformer: dict[str, Any]) -> None:
+    """A ControlNet fits a transformer of its width, heads and text width; else name both."""
+    def width(c: dict[str, Any]) -> int:
+        return c.get("num_attention_heads", 0) * c.get("attention_head_dim", 0)
+
+    fields = {"width": (width(controlnet), width(transformer)),
+              "in_channels": (controlnet.get("in_channels"), transformer.get("in_channels"))}
+    if controlnet.get("joint_attention_dim") is not None:
+        fields["joint_attention_dim"] = (controlnet.get("joint_attention_dim"), transformer.get("joint_attention_dim"))
+    # SD3-medium and SD3.5-medium share widths; q/k norms and position tables tell them apart
+    for key in ("qk_norm", "pos_embed_max_size"):
+        if key in controlnet and key in transformer:
+            fields[key] = (controlnet[key], transformer[key])
+    wrong = {k: v for k, v in fields.items() if v[0] != v[1]}
+    if wrong:
+        said = "; ".join(f"{k} {a} vs {b}" for k, (a, b) in wrong.items())
+        raise RealCompoError(f"adapter {adapter_id!r}: ControlNet {controlnet_name} does not fit the {family} "
+                             f"transformer of {base_name} ({said}). A ControlNet works only on the model it was "
+                             "trained for (e.g. SD3-medium ControlNets on SD3-medium, SD3.5-large ones on SD3.5-large).")
+
+
+def _check_mode(adapter_id: str, options: Any, config: dict[str, Any]) -> None:
+    """A union ControlNet needs a control mode it knows; a single-type one takes none. Both
+    mistakes run silently in diffusers (a union net without a mode reads mode 0)."""
+    modes, mode = config.get("num_mode"), getattr(options, "control_mode", None)
+    if modes is None and mode is not None:
+        raise RealCompoError(f"adapter {adapter_id!r}: control_mode={mode} but ControlNet {options.controlnet} is not "
+                             "a union ControlNet (its config has no num_mode); leave control_mode unset")
+    if modes is not None and (mode is None or mode >= modes):
+        raise RealCompoError(f"adapter {adapter_id!r}: ControlNet {options.controlnet} is a union ControlNet with "
+                             f"{modes} control modes; set control_mode to one of 0..{modes - 1} (its model card "
+                             f"lists which is which){'' if mode is None else f', not {mode}'}")
 
 
 class SD3ControlNetAdapter(_MMDiTControlNet, SD3Model):

@@ -23,7 +23,7 @@ from realcompo_sdk.mmdit_adapter import MMDiTAdapter, MMDiTOptions
 from realcompo_sdk.tokens import align_phrases, warn_if_truncated
 from realcompo_sdk.unet_adapter import UNetState, place, resolve_device_dtype
 
-from .loading import load_pipeline, peek_spec, spec_from_configs
+from .loading import check_folder, load_pipeline, peek_spec, spec_from_configs
 
 
 class FluxOptions(MMDiTOptions):
@@ -124,6 +124,10 @@ class FluxAdapter(FluxModel, T2IAdapter):
     @classmethod
     def peek_latent_spec(cls, options: FluxOptions) -> LatentSpec | None:
         return peek_spec(options.model, "flux")
+
+    @classmethod
+    def check_files(cls, options: FluxOptions) -> None:
+        check_folder(options.model, "flux", cls.id)
 
     def __init__(self, *, pipeline: Any = None, **options: Any) -> None:
         """Load `model`, or wrap `pipeline`: a `FluxPipeline` already in memory (see `SD3Adapter`)."""

@@ -60,6 +60,15 @@ def _read(path: Path, *parts: str) -> dict[str, Any] | None:
         return None
 
 
+def read_config(model: str | None, *subfolder: str) -> dict[str, Any] | None:
+    """A local folder's `config.json` (in `subfolder`), or None: a hub id, a missing or unreadable
+    file (the loader then reports what is wrong). Never touches the network."""
+    if model is None:
+        return None
+    path = Path(model).expanduser()
+    return _read(path, *subfolder, "config.json") if path.is_dir() else None
+
+
 def peek_spec(model: str | None, family: str) -> LatentSpec | None:
     """The latent facts of a local SD3 / Flux folder from its config files; None for a hub id or a
     folder this cannot read (the loader then reports what is wrong)."""
@@ -106,10 +115,8 @@ def load_pipeline(family: str, model: str, dtype: torch.dtype, *, adapter_id: st
         raise RealCompoError(f"adapter {adapter_id!r}: could not load {model!r}: {exc}") from exc
 
 
-def load_controlnet(family: str, source: str, dtype: torch.dtype, *, adapter_id: str, variant: str | None = None) -> Any:
-    """An `SD3ControlNetModel` / `FluxControlNetModel` from a folder or hub id."""
-    import diffusers
-
+def check_controlnet_folder(family: str, source: str, adapter_id: str) -> None:
+    """Refuse a local folder that is not this family's ControlNet, naming what it is."""
     cls_name = CONTROLNET_CLASSES[family]
     path = check_model_reference(source)
     if path.exists():
@@ -119,6 +126,14 @@ def load_controlnet(family: str, source: str, dtype: torch.dtype, *, adapter_id:
             what = f"a diffusers {found} folder" if found else describe_folder(path)
             raise RealCompoError(f"adapter {adapter_id!r} cannot load ControlNet {source}: it is {what}, not a {cls_name} "
                                  f"folder. Pass the ControlNet as controlnet=... and the {family} model as base=...")
+
+
+def load_controlnet(family: str, source: str, dtype: torch.dtype, *, adapter_id: str, variant: str | None = None) -> Any:
+    """An `SD3ControlNetModel` / `FluxControlNetModel` from a folder or hub id."""
+    import diffusers
+
+    cls_name = CONTROLNET_CLASSES[family]
+    check_controlnet_folder(family, source, adapter_id)
     try:
         return getattr(diffusers, cls_name).from_pretrained(source, torch_dtype=dtype, variant=variant, **low_memory_kwargs())
     except OSError as exc:

@@ -20,7 +20,7 @@ from realcompo_sdk.mmdit_adapter import MMDiTAdapter, MMDiTOptions
 from realcompo_sdk.tokens import align_phrases, warn_if_truncated
 from realcompo_sdk.unet_adapter import UNetState, place, resolve_device_dtype
 
-from .loading import load_pipeline, peek_spec, spec_from_configs
+from .loading import check_folder, load_pipeline, peek_spec, spec_from_configs
 
 
 class SD3Options(MMDiTOptions):
@@ -112,6 +112,10 @@ class SD3Adapter(SD3Model, T2IAdapter):
     @classmethod
     def peek_latent_spec(cls, options: SD3Options) -> LatentSpec | None:
         return peek_spec(options.model, "sd3")
+
+    @classmethod
+    def check_files(cls, options: SD3Options) -> None:
+        check_folder(options.model, "sd3", cls.id)
 
     def __init__(self, *, pipeline: Any = None, **options: Any) -> None:
         """Load `model`, or wrap `pipeline`: a `StableDiffusion3Pipeline` already in memory (built

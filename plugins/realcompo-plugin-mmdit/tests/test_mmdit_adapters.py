@@ -412,3 +412,29 @@ def test_flux_mixed_batch_equals_single_calls(flux_pair):
     for item, (layout, seed) in zip(batch, [(first, 1), (second, 2)]):
         single = rc(layout=layout, seed=seed, height=32, width=32).images[0]
         assert np.abs(_as_array(item.images[0]) - _as_array(single)).max() <= 1
+
+
+def test_controlnet_checks_come_from_config_files_before_the_base_loads(monkeypatch):
+    """A wrong control mode or a ControlNet that does not fit the base fails before gigabytes load."""
+    import diffusers
+
+    monkeypatch.setattr(diffusers.FluxPipeline, "from_pretrained", lambda *a, **k: pytest.fail("the base was loaded"))
+    monkeypatch.setattr(diffusers.FluxControlNetModel, "from_pretrained", lambda *a, **k: pytest.fail("the net was loaded"))
+    with pytest.raises(RealCompoError, match=r"set control_mode to one of 0..9 .*not 12"):
+        FluxControlNetPoseAdapter(controlnet=str(folders()["flux-union"]), base=str(folders()["flux"]), control_mode=12)
+    monkeypatch.setattr(diffusers.StableDiffusion3Pipeline, "from_pretrained", lambda *a, **k: pytest.fail("the base was loaded"))
+    with pytest.raises(RealCompoError, match="does not fit"):
+        SD3ControlNetSegAdapter(controlnet=str(folders()["sd3-cn"]), base=str(_sd3_folder_with(qk_norm="rms_norm")))
+
+
+@functools.cache
+def _sd3_folder_with(**transformer_overrides) -> Path:
+    from diffusers import StableDiffusion3Pipeline
+
+    from realcompo_sdk.testing.folders_mmdit import tiny_sd3_components, tiny_sd3_transformer
+
+    parts = tiny_sd3_components(0)
+    parts["transformer"] = tiny_sd3_transformer(0, **transformer_overrides)
+    path = Path(tempfile.mkdtemp(prefix="realcompo-sd3-variant-")) / "sd3"
+    StableDiffusion3Pipeline(**parts).save_pretrained(path, safe_serialization=True)
+    return path
