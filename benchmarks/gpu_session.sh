@@ -24,3 +24,12 @@ tail -n 3 "$OUT/grounding_probe.log"
 
 timeout "${BENCH_TIMEOUT:-210}" python3 benchmarks/balance_speed.py --size full --device cuda --steps 50 \
   --repeats 3 --json "$OUT/bench_full.json" 2>&1 | grep -v "kept in float32" | tee "$OUT/bench.log"
+
+# SD3 / Flux + ControlNet at 1024² with full-size random weights: balanced / (T2I + L2I) and peak memory.
+export PYTHONPATH=$PYTHONPATH:$root/plugins/realcompo-plugin-mmdit
+for family in flux sd3; do
+  dtype=bfloat16; [ "$family" = sd3 ] && dtype=float16
+  timeout "${MMDIT_TIMEOUT:-150}" python3 benchmarks/mmdit_speed.py --family $family --device cuda --dtype $dtype \
+    --size 1024 --steps 10 --repeats 1 --json "$OUT/mmdit_$family.json" > "$OUT/mmdit_$family.log" 2>&1
+  echo "mmdit $family exit $?" | tee -a "$OUT/mmdit_$family.log"
+done

@@ -3,8 +3,11 @@ what was found; read their latent facts from config files before any weights loa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +104,17 @@ def spec_from_configs(vae: Any, transformer: Any, scheduler: dict[str, Any], fam
     return spec
 
 
+@contextlib.contextmanager
+def _quiet_dtype_rename() -> Iterator[None]:
+    """Silence two FutureWarnings about diffusers' own code, which our users cannot act on: the
+    `torch_dtype` → `dtype` rename (the old name works in every supported version) and the Flux
+    ControlNet building its position embedding from a deprecated import path."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*FluxPosEmbed.*deprecated", category=FutureWarning)
+        yield
+
+
 def load_pipeline(family: str, model: str, dtype: torch.dtype, *, adapter_id: str, variant: str | None = None,
                   **components: Any) -> Any:
     """The diffusers pipeline of `model` (its VAE, text encoders, tokenizers, transformer, scheduler);
@@ -110,7 +124,8 @@ def load_pipeline(family: str, model: str, dtype: torch.dtype, *, adapter_id: st
     check_folder(model, family, adapter_id)
     cls = getattr(diffusers, FAMILIES[family][0])
     try:
-        return cls.from_pretrained(model, torch_dtype=dtype, variant=variant, **components, **low_memory_kwargs())
+        with _quiet_dtype_rename():
+            return cls.from_pretrained(model, torch_dtype=dtype, variant=variant, **components, **low_memory_kwargs())
     except OSError as exc:
         raise RealCompoError(f"adapter {adapter_id!r}: could not load {model!r}: {exc}") from exc
 
@@ -135,6 +150,7 @@ def load_controlnet(family: str, source: str, dtype: torch.dtype, *, adapter_id:
     cls_name = CONTROLNET_CLASSES[family]
     check_controlnet_folder(family, source, adapter_id)
     try:
-        return getattr(diffusers, cls_name).from_pretrained(source, torch_dtype=dtype, variant=variant, **low_memory_kwargs())
+        with _quiet_dtype_rename():
+            return getattr(diffusers, cls_name).from_pretrained(source, torch_dtype=dtype, variant=variant, **low_memory_kwargs())
     except OSError as exc:
         raise RealCompoError(f"adapter {adapter_id!r}: could not load ControlNet {source!r}: {exc}") from exc

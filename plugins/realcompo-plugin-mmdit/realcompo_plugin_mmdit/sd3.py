@@ -57,7 +57,9 @@ class SD3Model(MMDiTAdapter):
     # ---- text ----------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         pipe = self.pipe
-        warn_if_truncated(pipe.tokenizer, prompts, f"adapter {self.name!r} (CLIP)")
+        # the longest reader decides what is lost: T5 when loaded (CLIP's 77 tokens are a prefix of it)
+        reader, which = (pipe.tokenizer_3, "T5") if pipe.tokenizer_3 is not None else (pipe.tokenizer, "CLIP")
+        warn_if_truncated(reader, prompts, f"adapter {self.name!r} ({which})")
         embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=self.device,
                                                   do_classifier_free_guidance=False,
                                                   max_sequence_length=self.options.max_sequence_length)
