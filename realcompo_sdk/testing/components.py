@@ -73,8 +73,9 @@ def tiny_vae(seed: int = 0) -> Any:
         )
 
 
-def tiny_text_encoder(seed: int = 0, hidden_size: int = 32, tokenizer: Any | None = None) -> Any:
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _tiny_clip(model_class: Any, seed: int, hidden_size: int, tokenizer: Any | None, **extra: Any) -> Any:
+    """A two-layer CLIP text model of `model_class` over the tiny tokenizer, seeded."""
+    from transformers import CLIPTextConfig
 
     tokenizer = tokenizer or tiny_tokenizer()
     config = CLIPTextConfig(
@@ -87,33 +88,25 @@ def tiny_text_encoder(seed: int = 0, hidden_size: int = 32, tokenizer: Any | Non
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return CLIPTextModel(config).eval()
+        return model_class(config).eval()
+
+
+def tiny_text_encoder(seed: int = 0, hidden_size: int = 32, tokenizer: Any | None = None) -> Any:
+    from transformers import CLIPTextModel
+
+    return _tiny_clip(CLIPTextModel, seed, hidden_size, tokenizer)
 
 
 def tiny_clip_with_projection(seed: int = 0, hidden_size: int = 16, projection_dim: int = 16,
                               tokenizer: Any | None = None) -> Any:
     """CLIP text encoder with the text projection (SDXL's second, SD3's first two encoders)."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
-    tokenizer = tokenizer or tiny_tokenizer()
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=tokenizer.model_max_length,
-        projection_dim=projection_dim,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return CLIPTextModelWithProjection(config).eval()
+    return _tiny_clip(CLIPTextModelWithProjection, seed, hidden_size, tokenizer, projection_dim=projection_dim)
 
 
 def tiny_t5_encoder(seed: int = 0, d_model: int = 32, tokenizer: Any | None = None) -> Any:

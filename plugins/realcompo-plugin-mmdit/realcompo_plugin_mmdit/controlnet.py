@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from realcompo_sdk.errors import LayoutError, RealCompoError
 from realcompo_sdk.interfaces import Branch, GenerationRequest, L2IAdapter, LatentSpec, StepInfo, T2IAdapter
@@ -321,9 +321,15 @@ class SD3PoseOptions(SD3ControlNetOptions):
     controlnet: str = "InstantX/SD3-Controlnet-Pose"
 
 
-class SD3SegOptions(SD3ControlNetOptions):
+class SegFields(BaseModel):
+    """How a segmentation map colours each object, as for `controlnet-seg`."""
+
     classes: dict[str, str] = Field(default_factory=dict, description="phrase (or head noun) → ADE20K class name")
     palette: dict[str, tuple[int, int, int]] = Field(default_factory=dict, description="phrase → RGB label colour; wins over classes")
+
+
+class SD3SegOptions(SD3ControlNetOptions, SegFields):
+    pass
 
 
 class FluxPoseOptions(FluxControlNetOptions):
@@ -331,9 +337,8 @@ class FluxPoseOptions(FluxControlNetOptions):
     control_mode: int | None = Field(4, ge=0, description="union control type; 4 is pose for the InstantX union net")
 
 
-class FluxSegOptions(FluxControlNetOptions):
-    classes: dict[str, str] = Field(default_factory=dict, description="phrase (or head noun) → ADE20K class name")
-    palette: dict[str, tuple[int, int, int]] = Field(default_factory=dict, description="phrase → RGB label colour; wins over classes")
+class FluxSegOptions(FluxControlNetOptions, SegFields):
+    pass
 
 
 class SD3ControlNetPoseAdapter(_PoseMixin, SD3ControlNetAdapter):

@@ -389,27 +389,21 @@ def test_float64_balanced_sampler_matches_reference_loop_to_float64_precision():
     assert fast.dtype == torch.float64 and (fast - ref).abs().max() <= 1e-12
 
 
-def test_mixed_batch_equals_single_calls(sd3_pair):
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_mixed_batch_equals_single_calls(family, request):
     """Different prompts and layouts in one batch give each sample's single-call image."""
     from realcompo_sdk import RealCompo
     from realcompo_sdk.compose import BatchItem
 
-    other = Layout.from_boxes("a green tree above a yellow car", [("green tree", (0.2, 0.0, 0.8, 0.5)), ("yellow car", (0.1, 0.5, 0.9, 1.0))])
-    rc = RealCompo(t2i=sd3_pair[0], l2i=sd3_pair[1], planner=None, num_steps=3, guidance_scale=4.0, balance={"t0": 1})
-    batch = rc.generate_batch([BatchItem(layout=LAYOUT, seed=1), BatchItem(layout=other, seed=2)], height=32, width=32)
-    for item, (layout, seed) in zip(batch, [(LAYOUT, 1), (other, 2)]):
-        single = rc(layout=layout, seed=seed, height=32, width=32).images[0]
-        assert np.abs(_as_array(item.images[0]) - _as_array(single)).max() <= 1
-
-
-def test_flux_mixed_batch_equals_single_calls(flux_pair):
-    from realcompo_sdk import RealCompo
-    from realcompo_sdk.compose import BatchItem
-
-    first, second = pose_layout(), pose_layout("a woman dancing with a man")
-    rc = RealCompo(t2i=flux_pair[0], l2i=flux_pair[1], planner=None, num_steps=3, guidance_scale=3.5, balance={"t0": 1})
-    batch = rc.generate_batch([BatchItem(layout=first, seed=1), BatchItem(layout=second, seed=2)], height=32, width=32)
-    for item, (layout, seed) in zip(batch, [(first, 1), (second, 2)]):
+    pair = request.getfixturevalue(f"{family}_pair")
+    if family == "sd3":
+        layouts = [LAYOUT, Layout.from_boxes("a green tree above a yellow car", [("green tree", (0.2, 0.0, 0.8, 0.5)),
+                                                                                ("yellow car", (0.1, 0.5, 0.9, 1.0))])]
+    else:
+        layouts = [pose_layout(), pose_layout("a woman dancing with a man")]
+    rc = RealCompo(t2i=pair[0], l2i=pair[1], planner=None, num_steps=3, guidance_scale=4.0, balance={"t0": 1})
+    batch = rc.generate_batch([BatchItem(layout=layout, seed=seed) for layout, seed in zip(layouts, (1, 2))], height=32, width=32)
+    for item, layout, seed in zip(batch, layouts, (1, 2)):
         single = rc(layout=layout, seed=seed, height=32, width=32).images[0]
         assert np.abs(_as_array(item.images[0]) - _as_array(single)).max() <= 1
 
