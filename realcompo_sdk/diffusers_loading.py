@@ -7,6 +7,7 @@ errors that say what was found when a folder is missing or of the wrong kind.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,30 +76,54 @@ def check_model_reference(model: str) -> Path:
     return path
 
 
+def config_reader(model: str | None) -> Callable[..., dict[str, Any] | None] | None:
+    """`read(*parts)` → the JSON file at `parts` of a local diffusers folder, or of a hub model
+    already in the local Hugging Face cache (never the network); None for anything else. A file
+    that is missing or unreadable reads as None."""
+    if model is None:
+        return None
+    path = Path(model).expanduser()
+    if path.is_dir():
+        def read_local(*parts: str) -> dict[str, Any] | None:
+            try:
+                return json.loads(path.joinpath(*parts).read_text())
+            except (OSError, ValueError):
+                return None
+        return read_local
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+
+    def read_cached(*parts: str) -> dict[str, Any] | None:
+        try:
+            found = try_to_load_from_cache(model, "/".join(parts))
+            return json.loads(Path(found).read_text()) if isinstance(found, str) else None
+        except (OSError, ValueError):
+            return None
+    return read_cached
+
+
 def read_latent_spec(model: str | None) -> LatentSpec | None:
-    """The latent facts of a local diffusers folder, read from its config files (no weights);
-    None for a hub id, a single file or a folder this cannot read (the loader reports those)."""
+    """The latent facts of a diffusers folder — local, or a hub id whose configs are in the local
+    Hugging Face cache — read from its config files (no weights, no network); None when that
+    cannot be known so cheaply (the loader reports what is wrong)."""
     from types import SimpleNamespace
 
     from .unet_adapter import latent_spec_from
 
-    if model is None:
+    read = config_reader(model)
+    if read is None:
         return None
-    try:
-        kind = folder_kind(model)
-    except RealCompoError:
+    unet, vae = read("unet", "config.json"), read("vae", "config.json")
+    scheduler, text_encoder = read("scheduler", "scheduler_config.json"), read("text_encoder", "config.json")
+    if unet is None or vae is None or scheduler is None or text_encoder is None:
         return None
-    if kind in (None, "single-file"):
-        return None
-    path = Path(model).expanduser()
-    try:
-        unet = json.loads((path / "unet" / "config.json").read_text())
-        vae = json.loads((path / "vae" / "config.json").read_text())
-        scheduler = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
-        text_encoder = json.loads((path / "text_encoder" / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    family = "sdxl" if kind == "sdxl" else "sd2" if text_encoder.get("hidden_size") == 1024 else "sd1"
+    index = read("model_index.json") or {}
+    sdxl = "text_encoder_2" in index or read("text_encoder_2", "config.json") is not None
+    family = "sdxl" if sdxl else "sd2" if text_encoder.get("hidden_size") == 1024 else "sd1"
     vae.setdefault("scaling_factor", 0.18215)  # diffusers' AutoencoderKL default
     unet.setdefault("sample_size", 64)
     try:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from realcompo_sdk.diffusers_loading import check_model_reference, describe_folder, low_memory_kwargs
+from realcompo_sdk.diffusers_loading import check_model_reference, config_reader, describe_folder, low_memory_kwargs
 from realcompo_sdk.errors import RealCompoError
 from realcompo_sdk.interfaces import LatentSpec
 from realcompo_sdk.mmdit_adapter import latent_spec_for_transformer
@@ -64,24 +64,36 @@ def _read(path: Path, *parts: str) -> dict[str, Any] | None:
 
 
 def read_config(model: str | None, *subfolder: str) -> dict[str, Any] | None:
-    """A local folder's `config.json` (in `subfolder`), or None: a hub id, a missing or unreadable
-    file (the loader then reports what is wrong). Never touches the network."""
-    if model is None:
-        return None
-    path = Path(model).expanduser()
-    return _read(path, *subfolder, "config.json") if path.is_dir() else None
+    """The `config.json` (in `subfolder`) of a local folder or of a hub model already in the local
+    Hugging Face cache; None otherwise (never touches the network)."""
+    read = config_reader(model)
+    return read(*subfolder, "config.json") if read is not None else None
+
+
+# Every SD3 / SD3.5 pipeline ships the same VAE, and every FLUX.1 pipeline another: a hub id of the
+# family that is not in the local cache has these latent facts (the loaded models are compared again).
+FAMILY_SPECS = {
+    "sd3": LatentSpec(channels=16, vae_scale_factor=8, scaling_factor=1.5305, shift_factor=0.0609, prediction_type="flow",
+                      default_resolution=(1024, 1024), family="sd3", resolution_multiple=16),
+    "flux": LatentSpec(channels=16, vae_scale_factor=8, scaling_factor=0.3611, shift_factor=0.1159, prediction_type="flow",
+                       default_resolution=(1024, 1024), family="flux", resolution_multiple=16),
+}
 
 
 def peek_spec(model: str | None, family: str) -> LatentSpec | None:
-    """The latent facts of a local SD3 / Flux folder from its config files; None for a hub id or a
-    folder this cannot read (the loader then reports what is wrong)."""
-    if model is None:
+    """The latent facts of an SD3 / Flux model from its config files (a local folder, or a hub id
+    in the local cache), else the family's for an uncached hub id; None for a folder of another
+    kind or one this cannot read (the loader then reports what is wrong)."""
+    read = config_reader(model)
+    if read is None:
+        return FAMILY_SPECS[family] if model is not None and model.count("/") == 1 and not Path(model).exists() else None
+    index = read("model_index.json")
+    if index is None:
+        return None if Path(str(model)).expanduser().exists() else FAMILY_SPECS[family]
+    if index.get("_class_name") not in FAMILIES[family]:
         return None
-    path = Path(model).expanduser()
-    if not path.is_dir() or folder_family(path) != family:
-        return None
-    vae, transformer = _read(path, "vae", "config.json"), _read(path, "transformer", "config.json")
-    scheduler = _read(path, "scheduler", "scheduler_config.json")
+    vae, transformer = read("vae", "config.json"), read("transformer", "config.json")
+    scheduler = read("scheduler", "scheduler_config.json")
     if vae is None or transformer is None or scheduler is None:
         return None
     return spec_from_configs(vae, transformer, scheduler, family)

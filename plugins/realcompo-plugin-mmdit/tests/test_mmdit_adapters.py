@@ -432,3 +432,31 @@ def _sd3_folder_with(**transformer_overrides) -> Path:
     path = Path(tempfile.mkdtemp(prefix="realcompo-sd3-variant-")) / "sd3"
     StableDiffusion3Pipeline(**parts).save_pretrained(path, safe_serialization=True)
     return path
+
+
+def test_hub_ids_are_compared_before_loading_from_the_cache_or_the_family(monkeypatch, tmp_path):
+    """An uncached SD3 hub id has the SD3 family's latent facts (one VAE for all SD3 / SD3.5); an
+    SD1.5 GLIGEN hub id already in the local Hugging Face cache is read from its cached configs —
+    no network, no weights — so the pair is refused before anything loads."""
+    import shutil
+
+    import diffusers
+    import huggingface_hub.constants
+
+    from realcompo_sdk import RealCompo
+    from realcompo_sdk.errors import IncompatibleAdaptersError
+    from realcompo_sdk.testing.folders import save_tiny_sd_folder
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny-gligen" / "snapshots" / "abc123"
+    source = save_tiny_sd_folder(tmp_path / "gligen", seed=0, gligen=True)
+    for config in source.rglob("*.json"):  # configs only, as a cache holds them after a config download
+        target = snapshot / config.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(config, target)
+    (tmp_path / "hub" / "models--someone--tiny-gligen" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny-gligen" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for cls in (diffusers.StableDiffusion3Pipeline, diffusers.UNet2DConditionModel, diffusers.AutoencoderKL):
+        monkeypatch.setattr(cls, "from_pretrained", lambda *a, **k: pytest.fail("weights were loaded"))
+    with pytest.raises(IncompatibleAdaptersError, match=r"channels is 16 .*'sd3'.* but 4 for 'gligen'"):
+        RealCompo(t2i="sd3", l2i="gligen", planner=None, l2i_options={"model": "someone/tiny-gligen"})
