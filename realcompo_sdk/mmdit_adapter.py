@@ -107,6 +107,14 @@ class MMDiTAdapter(DiffusionAdapter):
         cell = self.latent_spec.vae_scale_factor * self.patch_size
         return (height // cell) * (width // cell)
 
+    def describe(self) -> dict[str, Any]:
+        """The record also names the joint blocks read (the default depends on the model's depth)
+        and how the model is guided."""
+        info = super().describe()
+        info["attention_blocks"] = list(self.attention_blocks)
+        info["guidance"] = self.guidance
+        return info
+
     # ---- text and model, per subclass ------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, D) text tokens as the transformer reads them and (B, P) pooled vectors."""

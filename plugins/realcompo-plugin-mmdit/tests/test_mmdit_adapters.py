@@ -123,7 +123,10 @@ def test_flux_alone_reproduces_diffusers_flux_pipeline():
     adapter = flux()
     rc = RealCompo(t2i=adapter, l2i=FluxControlNetPoseAdapter.sharing(adapter, controlnet=str(folders()["flux-union"])),
                    planner=None, num_steps=4, guidance_scale=3.5)
-    ours = rc(layout=pose_layout(), seed=5, height=32, width=32, mode="t2i").images[0]
+    result = rc(layout=pose_layout(), seed=5, height=32, width=32, mode="t2i")
+    ours = result.images[0]
+    recorded = result.record.adapters[0]
+    assert recorded["attention_blocks"] == [0] and recorded["guidance"] == "distilled"  # what ran is on record
     pipe = FluxPipeline.from_pretrained(folders()["flux"])
     noise = _start_noise(5, (16, 16, 16))
     theirs = pipe(pose_layout().prompt, num_inference_steps=4, guidance_scale=3.5, height=32, width=32,
