@@ -271,13 +271,8 @@ class ControlNetAdapter(UNetAdapter, L2IAdapter):
         f = self.latent_spec.vae_scale_factor
         height = request.height // f * self.control_factor
         width = request.width // f * self.control_factor
-        layouts = request.sample_layouts() if request.is_mixed else [request.layout]
-        pictures, arrays = [], []
-        for layout in layouts:
-            self.check_layout(layout)
-            pictures.append(self.render_control(layout, height, width))
-            arrays.append(np.asarray(pictures[-1].convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0)  # [0, 1], as diffusers
-        control = torch.from_numpy(np.stack(arrays)).to(self.device, self.dtype)
+        pictures, rgb = render_controls(self, request, height, width)
+        control = torch.from_numpy(rgb.astype(np.float32) / 255.0).to(self.device, self.dtype)  # [0, 1], as diffusers
         if not request.is_mixed:
             control, pictures = control.expand(request.batch_size, -1, -1, -1), pictures * request.batch_size
         state.add(ControlImage(tensor=control, pictures=pictures))
@@ -297,6 +292,19 @@ class ControlNetAdapter(UNetAdapter, L2IAdapter):
                                     added_cond_kwargs=kwargs.get("added_cond_kwargs"), return_dict=False)
         return self.unet(sample, step.timestep, encoder_hidden_states=embeds, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid, return_dict=False, **kwargs)[0]
+
+
+def render_controls(adapter: Any, request: GenerationRequest, height: int, width: int) -> tuple[list[Any], np.ndarray]:
+    """Check each layout and draw its control picture with `adapter.check_layout` /
+    `adapter.render_control`: the pictures (one per sample in a mixed batch, else one) and their
+    RGB values stacked as uint8 (n, 3, height, width). Shared with the SD3 / Flux ControlNets."""
+    layouts = request.sample_layouts() if request.is_mixed else [request.layout]
+    pictures = []
+    for layout in layouts:
+        adapter.check_layout(layout)
+        pictures.append(adapter.render_control(layout, height, width))
+    rgb = np.stack([np.asarray(p.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1) for p in pictures])
+    return pictures, rgb
 
 
 def _requested_dtype(opts: ControlNetOptions) -> torch.dtype:

@@ -169,13 +169,10 @@ class _MMDiTControlNet(L2IAdapter):
         raise NotImplementedError
 
     def prepare_conditioning(self, request: GenerationRequest, state: UNetState) -> None:
-        layouts = request.sample_layouts() if request.is_mixed else [request.layout]
-        pictures, arrays = [], []
-        for layout in layouts:
-            self.check_layout(layout)
-            pictures.append(self.render_control(layout, request.height, request.width))
-            arrays.append(np.asarray(pictures[-1].convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
-        pixels = torch.from_numpy(np.stack(arrays)).to(self.device, self.encoder_vae.dtype)  # [-1, 1], as diffusers
+        from realcompo_plugin_controlnet.adapter import render_controls
+
+        pictures, rgb = render_controls(self, request, request.height, request.width)
+        pixels = torch.from_numpy(rgb.astype(np.float32) / 127.5 - 1.0).to(self.device, self.encoder_vae.dtype)  # [-1, 1], as diffusers
         tensor = self.encode_control(pixels)
         if not request.is_mixed:
             tensor, pictures = tensor.expand(request.batch_size, *tensor.shape[1:]), pictures * request.batch_size
